@@ -1,0 +1,145 @@
+"""conveyor's exceptions.
+
+Our exception hierarchy::
+
+    Exception
+    ├── PipelineError            a run did not complete
+    │   ├── StageError           a stage's function raised (names stage, worker, item)
+    │   ├── WorkerCrashed        a worker process died while it held items
+    │   └── Cancelled            the run was cancelled (run.cancel(), Ctrl-C, SIGTERM)
+    └── Closed                   a channel was closed: no put after close(), no get
+                                 once it is closed and drained
+
+Invalid settings are reported before anything starts, as ``ValueError`` (a number
+out of range) or ``TypeError`` (something of the wrong kind, such as a function that
+cannot be sent to a process); each message says what to change.
+"""
+
+from __future__ import annotations
+
+import reprlib
+
+__all__ = [
+    "Cancelled",
+    "Closed",
+    "PipelineError",
+    "RemoteError",
+    "StageError",
+    "WorkerCrashed",
+    "item_repr",
+]
+
+_repr = reprlib.Repr()
+_repr.maxstring = 120
+_repr.maxother = 120
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 8
+_MAX_REPR = 200
+
+
+def item_repr(item: object) -> str:
+    """repr() of an item, cut to a length that fits in an error message."""
+    try:
+        text = _repr.repr(item)
+    except Exception as exc:  # a broken __repr__ must not hide the real error
+        text = f"<{type(item).__qualname__} object (repr failed: {type(exc).__name__})>"
+    if len(text) > _MAX_REPR:
+        text = text[: _MAX_REPR - 3] + "..."
+    return text
+
+
+class PipelineError(Exception):
+    """Base class of the errors that end a run."""
+
+
+class Cancelled(PipelineError):
+    """The run was cancelled before it finished."""
+
+
+class StageError(PipelineError):
+    """A stage's function raised.
+
+    ``stage`` and ``worker`` name where it happened, ``item`` is the repr of the item
+    being processed (cut to a sane length), ``traceback`` the text of the worker's
+    traceback (from a child process too), and ``__cause__`` the original exception.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        worker: str,
+        item: str | None,
+        cause: BaseException,
+        traceback: str = "",
+    ) -> None:
+        self.stage = stage
+        self.worker = worker
+        self.item = item
+        self.traceback = traceback
+        self.error = cause
+        where = f"stage {stage!r} (worker {worker})"
+        on = f" on item {item}" if item is not None else ""
+        super().__init__(f"{where} failed{on}: {type(cause).__name__}: {cause}")
+        self.__cause__ = cause
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.stage, self.worker, self.item, self.error, self.traceback))
+
+
+class WorkerCrashed(PipelineError):
+    """A worker process died (signal, ``os._exit``, out of memory) while it held items."""
+
+    def __init__(self, stage: str, worker: str, item: str | None, exitcode: int | None) -> None:
+        self.stage = stage
+        self.worker = worker
+        self.item = item
+        self.exitcode = exitcode
+        super().__init__(
+            f"worker {worker} of stage {stage!r} died ({describe_exit(exitcode)})"
+            + (f" while processing item {item}" if item is not None else "")
+            + "; a segfault in an extension, os._exit() or the out-of-memory killer"
+            " are the usual causes"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.stage, self.worker, self.item, self.exitcode))
+
+
+def describe_exit(exitcode: int | None) -> str:
+    import signal
+
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name}"
+    return f"exit code {exitcode}"
+
+
+class Closed(Exception):
+    """The channel is closed: ``put`` after ``close()``, or ``get`` once it is drained."""
+
+
+class RemoteError(Exception):
+    """Stands in for an exception from a worker process that could not be unpickled."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        super().__init__(f"{type_name}: {message}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, self.message))
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker process's traceback text so that Python prints it."""
+
+    def __init__(self, tb: str) -> None:
+        self.tb = tb
+        super().__init__(tb)
+
+    def __str__(self) -> str:
+        return "\n\nTraceback in the worker process:\n" + self.tb.rstrip("\n")

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import queue
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 T = TypeVar("T")
 
@@ -130,9 +132,7 @@ class Channel(ABC, Generic[T]):
         """Take one item; wait for one unless ``block=False`` (then ``queue.Empty``)."""
 
     @abstractmethod
-    def get_many(
-        self, max_items: int, block: bool = True, timeout: float | None = None
-    ) -> list[T]:
+    def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list[T]:
         """Take between 1 and ``max_items`` items: wait for the first, not for the rest."""
 
     @abstractmethod

@@ -16,11 +16,13 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .._errors import Closed
 from ._base import Channel, ChannelStats, Full, check_max_items, check_maxsize, check_timeout
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 T = TypeVar("T")
 
@@ -123,9 +125,7 @@ class MemoryChannel(Channel[T]):
             self._took(1)
             return item
 
-    def get_many(
-        self, max_items: int, block: bool = True, timeout: float | None = None
-    ) -> list[T]:
+    def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list[T]:
         check_max_items(max_items)
         deadline = _deadline(block, check_timeout(timeout))
         with self._lock:

@@ -1,0 +1,311 @@
+"""The local engine: runs a pipeline on threads and processes of this machine.
+
+Shape of a run::
+
+    source feeder ─▶ inbox[0] ─▶ stage 0 workers ─▶ inbox[1] ─▶ ... ─▶ output ─▶ Run.__iter__
+    (a thread reading          (StageRuntime: ordered hand-off,          (or a sink: no output)
+     the iterable)              bounded channels, any worker kind)
+
+A supervisor thread per run waits for one of two things: every stage finished
+(the normal end: it joins the workers), or the run stopping (an error, cancel(),
+Ctrl-C, SIGTERM: it fails every channel so that no worker stays blocked, gives the
+workers ``grace`` seconds to finish their current item, then kills worker
+processes and abandons threads still running user code). Either way it releases
+the run's resources and sets ``done``; ``done`` means every worker has ended or
+been given up on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .._channels._memory import MemoryChannel
+from .._errors import Cancelled, StageError
+from .._observe._stats import RunStats, StageStats, WorkerStatus
+from .._workers._apply import describe_exception, stream_into
+from .._workers._base import Stopping, WorkerHandle, WorkerKind, WorkerSlot, load_kind
+from ._runtime import BatchSizer, RunControl, StageRuntime
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .._stage import SourceSpec, StageSpec
+
+__all__ = ["LocalRun"]
+
+# Per worker kind: (seconds of work a batch aims for, most items in a batch,
+# most bytes in a batch, batches a worker may hold at once).
+SIZING = {
+    "thread": (0.002, 256, 0, 1),
+    "process": (0.02, 8192, 4 << 20, 2),
+}
+SOURCE_CHUNK = 1024
+OUTPUT_INITIAL = 64
+
+
+class _SourceFeeder(WorkerHandle):
+    """Reads the pipeline's iterable source into the first stage's input."""
+
+    def __init__(self, run: LocalRun, spec: SourceSpec, out: MemoryChannel[Any]) -> None:
+        self.run = run
+        self.spec = spec
+        self.out = out
+        self.slot = WorkerSlot(f"{spec.name}-1", spec.name, 1, "thread")
+        self.thread = threading.Thread(target=self._run, name=self.slot.name, daemon=True)
+
+    def start(self) -> None:
+        self.slot.alive = True
+        self.thread.start()
+
+    def _emit(self, chunk: list[Any]) -> None:
+        slot = self.slot
+        slot.set_state("blocked")
+        self.out._put_list(chunk)
+        slot.items_out += len(chunk)
+        slot.items_done += len(chunk)
+        slot.set_state("busy")
+
+    def _run(self) -> None:
+        slot, stop = self.slot, self.run.control.stop
+        slot.pid = os.getpid()
+        slot.thread_id = threading.get_native_id()
+        slot.set_state("busy")
+        iterable = self.spec.iterable
+        try:
+            if isinstance(iterable, (list, tuple, range)):
+                for i in range(0, len(iterable), SOURCE_CHUNK):
+                    if stop[0]:
+                        break
+                    self._emit(list(iterable[i : i + SOURCE_CHUNK]))
+            else:
+                rest = stream_into(iter(iterable), [], self._emit, stop, SOURCE_CHUNK)
+                if rest and not stop[0]:
+                    self._emit(rest)
+            if not stop[0]:
+                self.out.close()
+        except Stopping:
+            pass
+        except BaseException as exc:
+            self.run.control.fail(
+                StageError(self.spec.name, slot.name, None, exc, describe_exception(exc))
+            )
+        finally:
+            slot.set_state("done")
+            slot.alive = False
+            self.run._stage_finished()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def kill(self) -> None:
+        if self.thread.is_alive():
+            self.slot.abandoned = True
+
+
+class LocalRun:
+    """The engine's side of one run."""
+
+    def __init__(
+        self,
+        name: str,
+        source: SourceSpec | None,
+        stages: Sequence[StageSpec],
+        *,
+        grace: float = 2.0,
+    ) -> None:
+        self.name = name
+        self.grace = grace
+        self.control = RunControl()
+        self.done = threading.Event()
+        self.started_at = time.monotonic()
+        self.ended_at: float | None = None
+        self.finished_ok = False
+        self._kinds: dict[str, WorkerKind] = {}
+        self._channels: list[MemoryChannel[Any]] = []
+        self._handles: list[WorkerHandle] = []
+        self._stages: list[StageRuntime] = []
+        self._source: _SourceFeeder | None = None
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._unfinished = len(stages) + (1 if source is not None else 0)
+        self.control.on_stop(self._on_stop)
+
+        inbox: MemoryChannel[Any] | None = self._first_inbox(source, stages[0])
+        for i, spec in enumerate(stages):
+            last = i == len(stages) - 1
+            target_s, max_items, target_bytes, depth = SIZING[spec.kind]
+            if spec.op == "produce":
+                max_items = 1  # one producer per worker
+            if spec.is_sink:
+                outbox = None
+            elif last:
+                outbox = self._channel(OUTPUT_INITIAL)
+            else:
+                nxt = stages[i + 1]
+                outbox = self._channel(nxt.maxsize or self._auto_initial(nxt))
+            rt = StageRuntime(
+                spec,
+                i,
+                inbox,
+                outbox,
+                self.control,
+                BatchSizer(target_s, max_items, target_bytes),
+                auto_inbox=spec.maxsize is None and spec.op != "produce",
+                auto_outbox=last and outbox is not None,
+                depth=depth,
+                on_finished=self._stage_finished,
+            )
+            self._stages.append(rt)
+            inbox = outbox
+        self.output: MemoryChannel[Any] | None = inbox
+
+    # -- building ---------------------------------------------------------------
+
+    def _channel(self, maxsize: int) -> MemoryChannel[Any]:
+        ch: MemoryChannel[Any] = MemoryChannel(maxsize)
+        self._channels.append(ch)
+        return ch
+
+    @staticmethod
+    def _auto_initial(spec: StageSpec) -> int:
+        depth = SIZING[spec.kind][3]
+        return max(16, 2 * spec.workers * depth)
+
+    def _first_inbox(self, source: SourceSpec | None, first: StageSpec) -> MemoryChannel[Any]:
+        if first.op == "produce":
+            inbox = self._channel(len(first.producers))
+            inbox.put_many(first.producers)
+            inbox.close()
+            return inbox
+        assert source is not None
+        inbox = self._channel(first.maxsize or self._auto_initial(first))
+        self._source = _SourceFeeder(self, source, inbox)
+        return inbox
+
+    def _kind(self, kind: str) -> WorkerKind:
+        wk = self._kinds.get(kind)
+        if wk is None:
+            wk = self._kinds[kind] = load_kind(kind)(self.control.stop)
+        return wk
+
+    # -- running ----------------------------------------------------------------
+
+    def start(self) -> None:
+        for rt in self._stages:
+            kind = self._kind(rt.spec.kind)
+            for i in range(1, rt.spec.workers + 1):
+                slot = WorkerSlot(f"{rt.name}-{i}", rt.name, i, rt.spec.kind)
+                rt.slots.append(slot)
+                self._handles.append(kind.worker(rt, slot))
+        if self._source is not None:
+            self._handles.insert(0, self._source)
+        threading.Thread(target=self._supervise, name=f"conveyor-{self.name}", daemon=True).start()
+        for h in self._handles:
+            h.start()
+
+    def _stage_finished(self) -> None:
+        with self._lock:
+            self._unfinished -= 1
+            if self._unfinished == 0:
+                self._wake.set()
+
+    def _on_stop(self) -> None:
+        for ch in self._channels:
+            ch._fail(Stopping())
+        for wk in list(self._kinds.values()):
+            wk.on_stop()
+        self._wake.set()
+
+    def _supervise(self) -> None:
+        self._wake.wait()
+        with self._lock:
+            # the normal end, unless a stop got in first: from now on, cancel() is too late
+            self.finished_ok = self._unfinished == 0 and not self.control.stopping
+            if self.finished_ok:
+                self.control.finish()
+        if self.finished_ok:
+            for h in self._handles:
+                h.join()
+        else:
+            stopped_at = self.control.stopped_at or time.monotonic()
+            deadline = stopped_at + self.grace
+            for h in self._handles:
+                h.join(max(0.0, deadline - time.monotonic()))
+            for h in self._handles:
+                h.kill()  # processes die; threads still in user code are abandoned
+            for h in self._handles:
+                if not h.slot.abandoned:
+                    h.join(30.0)
+        for wk in self._kinds.values():
+            wk.close()
+        self.ended_at = time.monotonic()
+        self.done.set()
+
+    def cancel(self) -> bool:
+        return self.control.fail(Cancelled(f"run {self.name!r} was cancelled"))
+
+    # -- reporting ----------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if self.control.error is not None:
+            return "cancelled" if isinstance(self.control.error, Cancelled) else "failed"
+        if self.done.is_set() or self.finished_ok:
+            return "finished"
+        return "running"
+
+    def elapsed(self) -> float:
+        return (self.ended_at or time.monotonic()) - self.started_at
+
+    def stats(self) -> RunStats:
+        elapsed = self.elapsed()
+        stages: list[StageStats] = []
+        if self._source is not None:
+            s = self._source.slot
+            stages.append(StageStats(s.stage, "thread", 1, 0, s.items_out, 0, 0.0, 0, 0, elapsed))
+        for rt in self._stages:
+            slots = list(rt.slots)
+            inbox = rt.inbox
+            stages.append(
+                StageStats(
+                    name=rt.name,
+                    kind=rt.spec.kind,
+                    workers=rt.spec.workers,
+                    items_in=sum(s.items_in for s in slots),
+                    items_out=sum(
+                        (s.items_done if rt.spec.is_sink else s.items_out) for s in slots
+                    ),
+                    failed=sum(s.failed for s in slots),
+                    busy_seconds=sum(s.busy_s for s in slots),
+                    queue_size=inbox.qsize() if inbox is not None else 0,
+                    queue_maxsize=inbox.maxsize if inbox is not None else 0,
+                    elapsed_seconds=elapsed,
+                )
+            )
+        return RunStats(self.name, self.state, elapsed, tuple(stages))
+
+    def workers(self) -> list[WorkerStatus]:
+        now = time.monotonic()
+        out = []
+        for h in self._handles:
+            s = h.slot
+            out.append(
+                WorkerStatus(
+                    name=s.name,
+                    stage=s.stage,
+                    index=s.index,
+                    kind=s.kind,
+                    pid=s.pid,
+                    thread_id=s.thread_id,
+                    alive=s.alive,
+                    state=s.state,
+                    state_seconds=max(0.0, now - s.state_since) if s.state_since else 0.0,
+                    items_done=s.items_done,
+                    abandoned=s.abandoned,
+                )
+            )
+        return out

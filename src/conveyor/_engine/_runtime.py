@@ -1,0 +1,309 @@
+"""What a stage is while it runs: its input, its output in order, its workers' records.
+
+Data flow of a stage with ``n`` workers (any kind)::
+
+    inbox (MemoryChannel, bounded in items)
+      │  take(): one taker at a time pairs a batch with the next sequence number,
+      │          and waits while the batch would run too far ahead (reorder window)
+      ▼
+    worker 1..n  (a thread running the stage, or a thread feeding a worker process)
+      │  partial(seq, chunk)   streamed output of an unfinished batch
+      │  complete(seq, rest)   the rest of a finished batch
+      ▼
+    sequencer: batches leave in sequence order (ordered=True) or as they finish
+      ▼
+    outbox (the next stage's inbox, or the run's output; none for a sink)
+
+Ordering rules (``ordered=True``):
+
+* Whoever holds the emit token is the only thread putting into the outbox. It
+  emits ``pending[next_emit]`` while that exists, then gives the token back.
+  Invariant: when nobody holds the token, ``next_emit`` is not in ``pending``.
+* A streamed chunk of batch ``seq`` waits until ``seq`` is the head of the line, so
+  out-of-order output never piles up; only finished batches are buffered, and at
+  most ``window`` of them, because takers wait for the window.
+* The last worker to leave closes the outbox. The token holder is a live worker and
+  drains ``pending`` before it leaves, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .._errors import Closed
+from .._workers._base import NOTHING, Stopping, WorkerSlot
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._channels._memory import MemoryChannel
+    from .._stage import StageSpec
+
+__all__ = ["NOTHING", "BatchSizer", "RunControl", "StageRuntime", "Stopping", "WorkerSlot"]
+
+AUTO_CAPACITY_CAP = 65536
+
+
+class RunControl:
+    """What every worker of a run shares: the stop flag and the first error."""
+
+    def __init__(self) -> None:
+        self.stop: list[bool] = [False]
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._on_stop: list[Callable[[], None]] = []
+        self._finished = False
+        self.stopped_at: float | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop[0]
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if not self.stop[0]:
+                self._on_stop.append(callback)
+                return
+        callback()
+
+    def finish(self) -> None:
+        """Every stage finished: from now on nothing can fail or cancel the run."""
+        with self._lock:
+            self._finished = True
+
+    def fail(self, error: BaseException) -> bool:
+        """Stop the run because of ``error``; the first error wins. True if it did."""
+        with self._lock:
+            if self.stop[0] or self._finished:
+                return False
+            self.error = error
+            self.stop[0] = True
+            self.stopped_at = time.monotonic()
+            callbacks, self._on_stop = self._on_stop, []
+        for cb in callbacks:
+            cb()
+        return True
+
+
+class BatchSizer:
+    """Picks how many items a worker takes at once.
+
+    Batches amortise the fixed cost of a hand-off (a lock round trip for threads, a
+    message to a worker process) over their items, but a batch also delays its
+    items and can leave workers idle at the end. The sizer aims for batches of about
+    ``target_s`` seconds of work (and ``target_bytes`` for process stages), starting
+    at one item and growing at most fourfold per observation.
+    """
+
+    def __init__(self, target_s: float, max_items: int, target_bytes: int = 0) -> None:
+        self.target_s = target_s
+        self.max_items = max(1, max_items)
+        self.target_bytes = target_bytes
+        self.size = 1
+        self._per_item: float | None = None
+        self._bytes_per_item: float | None = None
+
+    def observe(self, n: int, seconds: float, nbytes: int = 0) -> None:
+        if n <= 0:
+            return
+        per = max(seconds / n, 1e-9)
+        prev = self._per_item
+        self._per_item = per if prev is None else 0.6 * prev + 0.4 * per
+        want = self.target_s / self._per_item
+        if nbytes and self.target_bytes:
+            bpi = nbytes / n
+            pb = self._bytes_per_item
+            self._bytes_per_item = bpi if pb is None else 0.6 * pb + 0.4 * bpi
+            want = min(want, self.target_bytes / self._bytes_per_item)
+        self.size = max(1, min(int(want), self.max_items, self.size * 4))
+
+
+class StageRuntime:
+    """A stage while it runs; see the module docstring for the data flow."""
+
+    def __init__(
+        self,
+        spec: StageSpec,
+        index: int,
+        inbox: MemoryChannel[Any] | None,
+        outbox: MemoryChannel[Any] | None,
+        control: RunControl,
+        sizer: BatchSizer,
+        *,
+        auto_inbox: bool,
+        auto_outbox: bool,
+        depth: int,
+        on_finished: Callable[[], None],
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.index = index
+        self.inbox = inbox
+        self.outbox = outbox
+        self.control = control
+        self.sizer = sizer
+        self.ordered = spec.ordered and outbox is not None
+        self.depth = depth
+        self._auto_inbox = auto_inbox
+        self._auto_outbox = auto_outbox
+        self.window = max(4, 2 * spec.workers * depth)
+        self.slots: list[WorkerSlot] = []
+        self._take_lock = threading.Lock()
+        # _cond guards the sequencer: _next_take, _next_emit, _pending, _emitting, _live.
+        self._cond = threading.Condition(threading.Lock())
+        self._next_take = 0
+        self._next_emit = 0
+        self._pending: dict[int, list[Any]] = {}
+        self._emitting = False
+        self._live = spec.workers
+        self._on_finished = on_finished
+        control.on_stop(self._wake_all)
+
+    @property
+    def stop(self) -> list[bool]:
+        return self.control.stop
+
+    def fail(self, error: BaseException) -> None:
+        self.control.fail(error)
+
+    # -- sizing -------------------------------------------------------------
+
+    def batch_size(self) -> int:
+        size = self.sizer.size
+        if not self._auto_inbox and self.inbox is not None:
+            size = min(size, max(1, self.inbox.maxsize // max(1, self.spec.workers)))
+        return size
+
+    def observe(self, n: int, seconds: float, nbytes: int = 0) -> None:
+        before = self.sizer.size
+        self.sizer.observe(n, seconds, nbytes)
+        size = self.sizer.size
+        if size > before:
+            want = min(AUTO_CAPACITY_CAP, (self.depth + 1) * self.spec.workers * size)
+            if self._auto_inbox and self.inbox is not None and want > self.inbox.maxsize:
+                self.inbox._set_maxsize(want)
+            if self._auto_outbox and self.outbox is not None and 2 * size > self.outbox.maxsize:
+                self.outbox._set_maxsize(min(AUTO_CAPACITY_CAP, 2 * size))
+
+    # -- taking input -------------------------------------------------------
+
+    def take(self, slot: WorkerSlot, block: bool = True) -> tuple[int, list[Any]] | None:
+        """The next batch and its sequence number; None once the input is exhausted;
+        NOTHING if ``block`` is false and no batch can be had right now."""
+        inbox = self.inbox
+        assert inbox is not None
+        if not self._take_lock.acquire(blocking=block):
+            return NOTHING  # type: ignore[no-any-return]
+        try:
+            if self.ordered:
+                with self._cond:
+                    while self._next_take - self._next_emit >= self.window:
+                        if self.control.stopping:
+                            raise Stopping
+                        if not block:
+                            return NOTHING  # type: ignore[no-any-return]
+                        self._cond.wait()
+            if block:
+                slot.set_state("idle")
+            try:
+                items = inbox.get_many(self.batch_size(), block=block)
+            except Closed:
+                return None
+            except queue.Empty:
+                return NOTHING  # type: ignore[no-any-return]
+            seq = self._next_take
+            self._next_take = seq + 1
+        finally:
+            self._take_lock.release()
+        slot.items_in += len(items)
+        return seq, items
+
+    # -- emitting output ----------------------------------------------------
+
+    def partial(self, seq: int, chunk: list[Any], slot: WorkerSlot) -> None:
+        """Streamed output of batch ``seq``, which is still running."""
+        if not chunk:
+            return
+        slot.items_out += len(chunk)
+        outbox = self.outbox
+        if outbox is None:
+            return
+        if not self.ordered:
+            self._put(chunk, slot)
+            return
+        with self._cond:
+            while self._emitting or seq != self._next_emit:
+                if self.control.stopping:
+                    raise Stopping
+                slot.set_state("blocked")
+                self._cond.wait()
+            self._emitting = True
+        try:
+            self._put(chunk, slot)
+        finally:
+            self._release_token(slot)
+
+    def complete(self, seq: int, rest: list[Any], slot: WorkerSlot) -> None:
+        """The rest of batch ``seq``, which has finished."""
+        slot.items_out += len(rest)
+        if self.outbox is None:
+            return
+        if not self.ordered:
+            if rest:
+                self._put(rest, slot)
+            return
+        with self._cond:
+            self._pending[seq] = rest
+            if self._emitting or seq != self._next_emit:
+                return
+            self._emitting = True
+        self._release_token(slot)
+
+    def _release_token(self, slot: WorkerSlot) -> None:
+        """Emit whatever is due, then give the token back (caller holds it)."""
+        while True:
+            with self._cond:
+                chunk = self._pending.pop(self._next_emit, None)
+                if chunk is None:
+                    self._emitting = False
+                    self._cond.notify_all()
+                    return
+            try:
+                if chunk:
+                    self._put(chunk, slot)
+            except BaseException:
+                with self._cond:
+                    self._emitting = False
+                    self._cond.notify_all()
+                raise
+            with self._cond:
+                self._next_emit += 1
+                self._cond.notify_all()
+
+    def _put(self, chunk: list[Any], slot: WorkerSlot) -> None:
+        outbox = self.outbox
+        assert outbox is not None
+        prev = slot.state
+        slot.set_state("blocked")
+        outbox._put_list(chunk)
+        slot.set_state(prev)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def worker_done(self) -> None:
+        """A worker left (input exhausted, or the run stopping). The last one closes
+        the outbox, unless the run is stopping (then the outbox has failed anyway)."""
+        with self._cond:
+            self._live -= 1
+            last = self._live == 0
+        if last:
+            if self.outbox is not None and not self.control.stopping:
+                self.outbox.close()
+            self._on_finished()
+
+    def _wake_all(self) -> None:
+        with self._cond:
+            self._cond.notify_all()

@@ -1,0 +1,160 @@
+"""Stage specs: what the user asked for, validated before anything starts."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._workers._apply import is_stage_object
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+__all__ = ["KINDS", "SourceSpec", "StageSpec", "check_stage_target", "default_stage_name"]
+
+KINDS = ("thread", "process")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a pipeline: an op applied by ``workers`` workers of one kind."""
+
+    name: str
+    op: str  # map, filter, flat_map, sink, produce
+    target: Any  # a function, a stage class or instance; for produce, unused
+    workers: int
+    kind: str
+    maxsize: int | None
+    ordered: bool
+    producers: tuple[Callable[[], Iterable[Any]], ...] = ()
+    payload: bytes | None = field(default=None, compare=False, repr=False)
+    """For process stages: the target, pickled once at build time."""
+
+    @property
+    def is_sink(self) -> bool:
+        return self.op == "sink"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """An iterable source, read by a feeder thread of the main process."""
+
+    iterable: Iterable[Any]
+    name: str = "source"
+
+
+def default_stage_name(op: str, target: Any) -> str:
+    fn = target
+    if is_stage_object(target) and not isinstance(target, type):
+        fn = type(target)
+    name = getattr(fn, "__name__", None)
+    if not isinstance(name, str) or name == "<lambda>" or not name.isidentifier():
+        func = getattr(fn, "func", None)  # functools.partial
+        name = getattr(func, "__name__", None)
+    if not isinstance(name, str) or name == "<lambda>" or not name.isidentifier():
+        return op
+    return name
+
+
+def check_positive_int(what: str, value: object, stage: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int >= 1, got {value!r} (stage {stage!r})")
+    if value < 1:
+        raise ValueError(f"{what} must be >= 1, got {value} (stage {stage!r})")
+    return value
+
+
+def check_maxsize(value: object, stage: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"maxsize must be None (sized by conveyor) or an int >= 1, got {value!r} "
+            f"(stage {stage!r})"
+        )
+    if value < 1:
+        raise ValueError(
+            f"maxsize must be >= 1 (or None to let conveyor size it), got {value} (stage {stage!r})"
+        )
+    return value
+
+
+def check_kind(kind: object, stage: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(
+            f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r} (stage {stage!r})"
+        )
+    return str(kind)
+
+
+def check_stage_target(op: str, target: Any, stage: str) -> None:
+    """A function, a stage class, or an instance of one; never a generator where a
+    function is needed."""
+    if isinstance(target, type):
+        if not callable(getattr(target, "process", None)):
+            raise TypeError(
+                f"stage {stage!r}: class {target.__qualname__} has no process(self, item) method; "
+                "a stage class needs process(), and may have setup() and teardown()"
+            )
+        try:
+            inspect.signature(target).bind()
+        except TypeError:
+            raise TypeError(
+                f"stage {stage!r}: class {target.__qualname__} must be constructible with no "
+                "arguments (conveyor makes one instance per worker); pass settings as class "
+                "attributes, or pass an instance instead of the class"
+            ) from None
+        except ValueError:  # no signature available (builtin): trust it
+            pass
+        fn = getattr(target, "process")  # noqa: B009
+    elif is_stage_object(target):
+        fn = target.process
+    elif callable(target):
+        fn = target
+    else:
+        raise TypeError(
+            f"stage {stage!r}: expected a function or a stage class, got "
+            f"{type(target).__name__} {target!r:.80}, which is not callable"
+        )
+    if inspect.isgeneratorfunction(fn) and op in ("map", "filter", "sink"):
+        hint = (
+            "use .flat_map(fn) to pass on each item it yields"
+            if op == "map"
+            else ("a generator function returns a generator object, not a result")
+        )
+        raise TypeError(f"stage {stage!r}: {_name(fn)} is a generator function; {hint}")
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"stage {stage!r}: {_name(fn)} is an async function; async stages are not supported "
+            "yet: wrap it in a regular function (for example with asyncio.run) or make it sync"
+        )
+
+
+def check_producer(fn: Any, stage: str) -> None:
+    if not callable(fn):
+        raise TypeError(
+            f"stage {stage!r}: source() takes one iterable, or producer functions; "
+            f"{type(fn).__name__} {fn!r:.80} is neither"
+        )
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(f"stage {stage!r}: async producers are not supported yet ({_name(fn)})")
+
+
+def check_sendable(target: Any, stage: str) -> bytes:
+    """Pickle a process stage's target once, now, so that a function or state that
+    cannot go to a worker process fails here with a message, not in the run."""
+    from ._workers._serialize import dumps_function
+
+    try:
+        return dumps_function(target)
+    except Exception as exc:
+        raise TypeError(
+            f"stage {stage!r} (kind='process') cannot be sent to a worker process: "
+            f"{type(exc).__name__}: {exc}. Use kind='thread', or make that state inside the "
+            "worker: pass a stage class and open it in setup()"
+        ) from exc
+
+
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or repr(fn))

@@ -1,0 +1,137 @@
+"""The worker-kind interface: how the engine starts and stops workers of any kind.
+
+A worker kind (``_thread``, ``_process``, later asyncio and Ray) is one module that
+ends with ``backend_class = <its WorkerKind subclass>``; the engine loads it with
+:func:`load_kind` and talks to it only through :class:`WorkerKind` and
+:class:`WorkerHandle`. Workers talk back only through :class:`StageFeed`: they take
+batches, hand back output, report their timings, and fail the run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from ._apply import Abort
+
+if TYPE_CHECKING:
+    from .._stage import StageSpec
+
+__all__ = [
+    "NOTHING",
+    "StageFeed",
+    "Stopping",
+    "WorkerHandle",
+    "WorkerKind",
+    "WorkerSlot",
+    "load_kind",
+]
+
+NOTHING: Any = object()  # take(block=False) found no batch right now
+
+
+class Stopping(Abort):
+    """Raised inside a run's own channels and waits once the run is stopping."""
+
+
+@dataclass
+class WorkerSlot:
+    """A worker's live record. Only its own worker writes it; readers take snapshots."""
+
+    name: str
+    stage: str
+    index: int
+    kind: str
+    pid: int | None = None
+    thread_id: int | None = None
+    alive: bool = False
+    state: str = "starting"  # starting, idle, busy, blocked, stopping, done
+    state_since: float = 0.0
+    items_in: int = 0
+    items_out: int = 0
+    items_done: int = 0
+    failed: int = 0
+    busy_s: float = 0.0
+    abandoned: bool = False
+
+    def set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.state_since = time.monotonic()
+
+
+class StageFeed(Protocol):
+    """What a worker sees of its stage (implemented by the engine's StageRuntime)."""
+
+    name: str
+    spec: StageSpec
+    depth: int
+    """How many batches a worker may hold at once (process workers pipeline them)."""
+
+    @property
+    def stop(self) -> list[bool]: ...
+
+    def take(self, slot: WorkerSlot, block: bool = True) -> tuple[int, list[Any]] | None: ...
+
+    def partial(self, seq: int, chunk: list[Any], slot: WorkerSlot) -> None: ...
+
+    def complete(self, seq: int, rest: list[Any], slot: WorkerSlot) -> None: ...
+
+    def observe(self, n: int, seconds: float, nbytes: int = 0) -> None: ...
+
+    def fail(self, error: BaseException) -> None: ...
+
+    def worker_done(self) -> None: ...
+
+
+class WorkerHandle(ABC):
+    """One running worker, as the engine holds it."""
+
+    slot: WorkerSlot
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to end; True if it did."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """Stop the worker now, without waiting for its current item (a process is
+        killed; a thread cannot be, so it is abandoned and named in the report)."""
+
+
+class WorkerKind(ABC):
+    """Starts the workers of one kind for one run."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, stop: list[bool]) -> None:
+        self.stop = stop
+
+    @abstractmethod
+    def worker(self, feed: StageFeed, slot: WorkerSlot) -> WorkerHandle: ...
+
+    def on_stop(self) -> None:  # noqa: B027 (optional hook)
+        """The run is stopping (called once, from any thread)."""
+
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        """The run is over and every worker of this kind has ended."""
+
+
+_loaded: dict[str, type[WorkerKind]] = {}
+_load_lock = threading.Lock()
+
+
+def load_kind(kind: str) -> type[WorkerKind]:
+    with _load_lock:
+        cls = _loaded.get(kind)
+        if cls is None:
+            module = import_module(f"conveyor._workers._{kind}")
+            cls = _loaded[kind] = module.backend_class
+        return cls

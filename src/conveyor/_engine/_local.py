@@ -68,6 +68,10 @@ class _SourceFeeder(WorkerHandle):
         slot.items_done += len(chunk)
         slot.set_state("busy")
 
+    def _chunk_size(self) -> int:
+        # never hold more items than the first stage may queue: read-ahead stays small
+        return max(1, min(SOURCE_CHUNK, self.out.maxsize))
+
     def _run(self) -> None:
         slot, stop = self.slot, self.run.control.stop
         slot.pid = os.getpid()
@@ -76,12 +80,13 @@ class _SourceFeeder(WorkerHandle):
         iterable = self.spec.iterable
         try:
             if isinstance(iterable, (list, tuple, range)):
-                for i in range(0, len(iterable), SOURCE_CHUNK):
-                    if stop[0]:
-                        break
-                    self._emit(list(iterable[i : i + SOURCE_CHUNK]))
+                i, n = 0, len(iterable)
+                while i < n and not stop[0]:
+                    k = self._chunk_size()
+                    self._emit(list(iterable[i : i + k]))
+                    i += k
             else:
-                rest = stream_into(iter(iterable), [], self._emit, stop, SOURCE_CHUNK)
+                rest = stream_into(iter(iterable), [], self._emit, stop, self._chunk_size)
                 if rest and not stop[0]:
                     self._emit(rest)
             if not stop[0]:
@@ -203,9 +208,10 @@ class LocalRun:
                 self._handles.append(kind.worker(rt, slot))
         if self._source is not None:
             self._handles.insert(0, self._source)
-        threading.Thread(target=self._supervise, name=f"conveyor-{self.name}", daemon=True).start()
         for h in self._handles:
             h.start()
+        # after the workers: a run that fails at once must not join unstarted threads
+        threading.Thread(target=self._supervise, name=f"conveyor-{self.name}", daemon=True).start()
 
     def _stage_finished(self) -> None:
         with self._lock:
@@ -221,6 +227,15 @@ class LocalRun:
         self._wake.set()
 
     def _supervise(self) -> None:
+        try:
+            self._wait_for_workers()
+        finally:
+            for wk in self._kinds.values():
+                wk.close()
+            self.ended_at = time.monotonic()
+            self.done.set()
+
+    def _wait_for_workers(self) -> None:
         self._wake.wait()
         with self._lock:
             # the normal end, unless a stop got in first: from now on, cancel() is too late
@@ -240,10 +255,6 @@ class LocalRun:
             for h in self._handles:
                 if not h.slot.abandoned:
                     h.join(30.0)
-        for wk in self._kinds.values():
-            wk.close()
-        self.ended_at = time.monotonic()
-        self.done.set()
 
     def cancel(self) -> bool:
         return self.control.fail(Cancelled(f"run {self.name!r} was cancelled"))
@@ -302,7 +313,7 @@ class LocalRun:
                     pid=s.pid,
                     thread_id=s.thread_id,
                     alive=s.alive,
-                    state=s.state,
+                    state=s.effective_state,
                     state_seconds=max(0.0, now - s.state_since) if s.state_since else 0.0,
                     items_done=s.items_done,
                     abandoned=s.abandoned,

@@ -190,9 +190,13 @@ class StageRuntime:
 
     # -- taking input -------------------------------------------------------
 
-    def take(self, slot: WorkerSlot, block: bool = True) -> tuple[int, list[Any]] | None:
+    def take(
+        self, slot: WorkerSlot, block: bool = True, report: bool = True
+    ) -> tuple[int, list[Any]] | None:
         """The next batch and its sequence number; None once the input is exhausted;
-        NOTHING if ``block`` is false and no batch can be had right now."""
+        NOTHING if ``block`` is false and no batch can be had right now. ``report``:
+        show waiting in the worker's state (a process worker's feeder does not: its
+        collector does)."""
         inbox = self.inbox
         assert inbox is not None
         if not self._take_lock.acquire(blocking=block):
@@ -205,9 +209,16 @@ class StageRuntime:
                             raise Stopping
                         if not block:
                             return NOTHING  # type: ignore[no-any-return]
+                        # on the reorder window: the output is full
+                        if report:
+                            slot.set_state("blocked")
+                        else:
+                            slot.feeder_state = "blocked"
                         self._cond.wait()
-            if block:
+            if block and report:
                 slot.set_state("idle")
+            elif not report:
+                slot.feeder_state = "idle"
             try:
                 items = inbox.get_many(self.batch_size(), block=block)
             except Closed:

@@ -88,6 +88,9 @@ class Processor:
         self._obj: Any = None
         self.fn: Callable[[Any], Any] = target
 
+    def _chunk_size(self) -> int:
+        return self.stream_chunk
+
     # -- lifecycle ----------------------------------------------------------
 
     def setup(self) -> None:
@@ -194,7 +197,7 @@ class Processor:
                         out = []
                 else:
                     out = stream_into(
-                        _iterate(got, item if produce else fn), out, emit, stop, limit
+                        _iterate(got, item if produce else fn), out, emit, stop, self._chunk_size
                     )
                 done += 1
         except Abort:
@@ -209,10 +212,12 @@ def stream_into(
     out: list[Any],
     emit: Callable[[list[Any]], None],
     stop: StopFlag,
-    limit: int,
+    chunk_size: Callable[[], int],
 ) -> list[Any]:
     """Append the elements of ``it`` to ``out``, handing chunks to ``emit`` as they
-    are due (see the module docstring); return what is left to hand on."""
+    are due (see the module docstring); return what is left to hand on.
+    ``chunk_size()`` is asked again after each chunk (a channel's bound can grow)."""
+    limit = chunk_size()
     oldest: float | None = None
     before = monotonic()
     for x in it:
@@ -225,6 +230,7 @@ def stream_into(
             emit(out)
             out = []
             oldest = None
+            limit = chunk_size()
             now = monotonic()  # the time emit() waited for room is not production time
         before = now
         if stop[0]:

@@ -57,6 +57,14 @@ class WorkerSlot:
     failed: int = 0
     busy_s: float = 0.0
     abandoned: bool = False
+    feeder_state: str = ""
+    """What a process worker's feeder thread waits for (its collector writes ``state``)."""
+
+    @property
+    def effective_state(self) -> str:
+        if self.state == "idle" and self.feeder_state == "blocked":
+            return "blocked"  # nothing in flight because the reorder window is full
+        return self.state
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -75,7 +83,9 @@ class StageFeed(Protocol):
     @property
     def stop(self) -> list[bool]: ...
 
-    def take(self, slot: WorkerSlot, block: bool = True) -> tuple[int, list[Any]] | None: ...
+    def take(
+        self, slot: WorkerSlot, block: bool = True, report: bool = True
+    ) -> tuple[int, list[Any]] | None: ...
 
     def partial(self, seq: int, chunk: list[Any], slot: WorkerSlot) -> None: ...
 

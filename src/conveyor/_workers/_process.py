@@ -100,7 +100,7 @@ class ProcessWorker(WorkerHandle):
         finally:
             theirs.close()
         slot.pid = self.pid
-        slot.thread_id = None
+        slot.thread_id = self.pid  # a worker process runs the stage in its main thread
         self.conn = Connection(ours.detach())
         init = {
             "sys_path": list(sys.path),
@@ -196,7 +196,7 @@ class ProcessWorker(WorkerHandle):
                         if feed.stop[0]:
                             return
                         self._cond.wait()
-                got = feed.take(slot)
+                got = feed.take(slot, report=False)
                 if got is None:
                     break
                 seq, items = got

@@ -279,7 +279,8 @@ def test_workers_are_alive_while_running(kind: str, gate) -> None:  # type: igno
         wait_worker_state(run, "hold-1", "busy")
         wait_worker_state(run, "hold-2", "busy")
         alive = {w.name: w.alive for w in run.workers()}
-        assert alive["hold-1"] and alive["hold-2"]
+        assert alive["hold-1"]
+        assert alive["hold-2"]
         assert run.state == "running"
         assert not run.done()
     finally:

@@ -86,22 +86,35 @@ class StageError(PipelineError):
 
 
 class WorkerCrashed(PipelineError):
-    """A worker process died (signal, ``os._exit``, out of memory) while it held items."""
+    """A worker process died (signal, ``os._exit``, out of memory) while it held items.
 
-    def __init__(self, stage: str, worker: str, item: str | None, exitcode: int | None) -> None:
+    ``item`` is the repr of the item it was processing when that is known (its batch
+    held one item), else of the first item of the batch it held; ``held`` says how
+    many items that batch had.
+    """
+
+    def __init__(
+        self, stage: str, worker: str, item: str | None, exitcode: int | None, held: int = 1
+    ) -> None:
         self.stage = stage
         self.worker = worker
         self.item = item
         self.exitcode = exitcode
+        self.held = held
+        if item is None:
+            what = ""
+        elif held == 1:
+            what = f" while processing item {item}"
+        else:
+            what = f" while processing a batch of {held} items starting with {item}"
         super().__init__(
-            f"worker {worker} of stage {stage!r} died ({describe_exit(exitcode)})"
-            + (f" while processing item {item}" if item is not None else "")
-            + "; a segfault in an extension, os._exit() or the out-of-memory killer"
-            " are the usual causes"
+            f"worker {worker} of stage {stage!r} died ({describe_exit(exitcode)}){what}; "
+            "a segfault in an extension, os._exit() or the out-of-memory killer "
+            "are the usual causes"
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.stage, self.worker, self.item, self.exitcode))
+        return (type(self), (self.stage, self.worker, self.item, self.exitcode, self.held))
 
 
 def describe_exit(exitcode: int | None) -> str:

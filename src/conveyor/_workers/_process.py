@@ -78,8 +78,9 @@ class ProcessWorker(WorkerHandle):
             if not feed.stop[0]:
                 code = self._exit_code(timeout=5.0)
                 with self._cond:
-                    item = item_repr(self.inflight[0][1][0]) if self.inflight else None
-                feed.fail(WorkerCrashed(feed.name, slot.name, item, code))
+                    held = self.inflight[0][1] if self.inflight else []
+                item = item_repr(held[0]) if held else None
+                feed.fail(WorkerCrashed(feed.name, slot.name, item, code, len(held)))
         except ZygoteGone as exc:
             feed.fail(exc)
         except BaseException as exc:  # a bug of ours: never let it pass silently

@@ -40,7 +40,9 @@ p = (
 if mode == "sink":
     p = p.sink(lambda x: None, kind="process", name="out")
 run = p.run()
-wait_until(lambda: all(w.state != "starting" for w in run.workers()) and run.stats()["io"].items_out > 10)
+def started():
+    return run.stats()["io"].items_out > 10 and all(w.state != "starting" for w in run.workers())
+wait_until(started)
 pids = [w.pid for w in run.workers() if w.kind == "process"]
 print(json.dumps({"workers": pids, "zygote": Zygote.get().process.pid}), flush=True)
 if mode == "iterate":

@@ -28,7 +28,7 @@ def test_workers_must_be_positive(src: cv.Pipeline[int], op: str) -> None:
 
 
 def test_maxsize_must_be_positive(src: cv.Pipeline[int]) -> None:
-    with pytest.raises(ValueError, match="maxsize must be >= 1.*got -1"):
+    with pytest.raises(ValueError, match=r"maxsize must be >= 1.*got -1"):
         src.map(ident, maxsize=-1)
     with pytest.raises(ValueError, match="maxsize must be >= 1"):
         src.map(ident, maxsize=0)
@@ -148,6 +148,6 @@ def test_bad_option_types(src: cv.Pipeline[int]) -> None:
 
 def test_nothing_starts_when_validation_fails(src: cv.Pipeline[int]) -> None:
     before = threading.active_count()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="workers"):
         src.map(ident).map(ident, workers=0)
     assert threading.active_count() == before

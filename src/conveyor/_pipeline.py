@@ -125,6 +125,7 @@ class Pipeline(Generic[T]):
             payload=check_sendable(None, stage) if kind == "process" else None,
         )
         if kind == "process":
+            _start_launcher()
             check_sendable(producers, stage)
         return self._extend(None, spec)
 
@@ -152,7 +153,10 @@ class Pipeline(Generic[T]):
         maxsize = check_maxsize(maxsize, stage)
         if not isinstance(ordered, bool):
             raise TypeError(f"ordered must be True or False, got {ordered!r} (stage {stage!r})")
-        payload = check_sendable(fn, stage) if kind == "process" else None
+        payload = None
+        if kind == "process":
+            _start_launcher()
+            payload = check_sendable(fn, stage)
         spec = StageSpec(stage, op, fn, workers, kind, maxsize, ordered, payload=payload)
         return self._extend(None, spec)
 
@@ -336,3 +340,11 @@ class Pipeline(Generic[T]):
 
 def _identity(item: Any) -> Any:
     return item
+
+
+def _start_launcher() -> None:
+    """A pipeline with process stages will need the worker launcher: start it now,
+    so that its start-up overlaps with building the rest of the pipeline."""
+    from ._workers._zygote import Zygote
+
+    Zygote.get()

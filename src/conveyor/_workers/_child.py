@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 from collections import deque
-from multiprocessing.connection import Connection
 from time import perf_counter
 from typing import Any
 
@@ -25,6 +24,7 @@ from . import _protocol as P
 from ._apply import Abort, ItemFailed, Processor, describe_exception
 from ._context import WorkerInfo, set_current_worker
 from ._serialize import dumps_items, first_unpicklable, loads
+from ._wire import Wire
 
 CTRL_SIZE = mmap.PAGESIZE
 
@@ -65,7 +65,7 @@ def _die_with_parent(parent: int) -> None:
 def main(fds: list[int], parent: int) -> int:
     _die_with_parent(parent)
     data_fd, ctrl_fd = fds
-    conn = Connection(data_fd)
+    conn = Wire.from_fd(data_fd)
     ctrl = mmap.mmap(ctrl_fd, CTRL_SIZE)
     os.close(ctrl_fd)
     stop = memoryview(ctrl)
@@ -82,21 +82,21 @@ def main(fds: list[int], parent: int) -> int:
 
 
 class Worker:
-    def __init__(self, conn: Connection, stop: memoryview) -> None:
+    def __init__(self, conn: Wire, stop: memoryview) -> None:
         self.conn = conn
         self.stop = stop
-        self.inbox: deque[bytes] = deque()  # messages read while waiting for an ACK
+        self.inbox: deque[bytearray] = deque()  # messages read while waiting for an ACK
 
-    def send(self, data: bytes) -> None:
-        self.conn.send_bytes(data)
+    def send(self, head: bytes, body: bytes = b"") -> None:
+        self.conn.send(head, body)
 
-    def recv(self) -> bytes:
+    def recv(self) -> bytearray:
         if self.inbox:
             return self.inbox.popleft()
-        return self.conn.recv_bytes()
+        return self.conn.recv()
 
     def serve(self) -> int:
-        msg = self.conn.recv_bytes()
+        msg = self.conn.recv()
         assert msg[0] == P.INIT
         init = loads(memoryview(msg)[1:])
         sys.path[:] = init["sys_path"]
@@ -137,7 +137,7 @@ class Worker:
 
     def fail(self, seq: int, index: int, error: BaseException, phase: str) -> None:
         tb = describe_exception(error)
-        self.send(P.FAIL.pack(P.FAILED, seq, index) + P.error_report(error, tb, phase))
+        self.send(P.FAIL.pack(P.FAILED, seq, index), P.error_report(error, tb, phase))
 
     def loop(self, proc: Processor) -> None:
         while True:
@@ -157,7 +157,7 @@ class Worker:
 
     def batch(self, proc: Processor, seq: int, items: list[Any]) -> None:
         def emit(chunk: list[Any]) -> None:
-            self.send(P.SEQ.pack(P.PARTIAL, seq) + dump_results(chunk))
+            self.send(P.SEQ.pack(P.PARTIAL, seq), dump_results(chunk))
             self.wait_ack()
 
         t0 = perf_counter()
@@ -172,11 +172,11 @@ class Worker:
             self.fail(seq, exc.index if proc.op == "map" else P.NO_SEQ, exc, "pickle-result")
             return
         dt = perf_counter() - t0
-        self.send(P.DONE.pack(P.RESULT, seq, done, dt) + payload)
+        self.send(P.DONE.pack(P.RESULT, seq, done, dt), payload)
 
     def wait_ack(self) -> None:
         while True:
-            msg = self.conn.recv_bytes()
+            msg = self.conn.recv()
             tag = msg[0]
             if tag == P.ACK:
                 return

@@ -25,13 +25,13 @@ import socket
 import sys
 import threading
 from collections import deque
-from multiprocessing.connection import Connection
 from typing import Any
 
 from .._errors import StageError, WorkerCrashed, item_repr
 from . import _protocol as P
 from ._base import StageFeed, Stopping, WorkerHandle, WorkerKind, WorkerSlot
 from ._serialize import dumps_items, first_unpicklable, loads
+from ._wire import Wire
 from ._zygote import Zygote, ZygoteGone
 
 __all__ = ["ProcessKind", "backend_class"]
@@ -49,7 +49,7 @@ class ProcessWorker(WorkerHandle):
         self.feed = feed
         self.slot = slot
         self.kind = kind
-        self.conn: Connection | None = None
+        self.conn: Wire | None = None
         self.pid: int | None = None
         self.zygote: Zygote | None = None
         self.thread = threading.Thread(target=self._run, name=f"{slot.name}:collector", daemon=True)
@@ -102,7 +102,7 @@ class ProcessWorker(WorkerHandle):
             theirs.close()
         slot.pid = self.pid
         slot.thread_id = self.pid  # a worker process runs the stage in its main thread
-        self.conn = Connection(ours.detach())
+        self.conn = Wire(ours)
         init = {
             "sys_path": list(sys.path),
             "cwd": os.getcwd(),
@@ -113,20 +113,20 @@ class ProcessWorker(WorkerHandle):
             "stage": feed.name,
             "index": slot.index,
         }
-        self.conn.send_bytes(P.TAG.pack(P.INIT) + dumps_items(init))
+        self.conn.send(P.TAG.pack(P.INIT), dumps_items(init))
 
-    def _recv(self) -> bytes:
+    def _recv(self) -> bytearray:
         assert self.conn is not None
         try:
-            return self.conn.recv_bytes()
+            return self.conn.recv()
         except (EOFError, OSError):
             raise _Died from None
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, head: bytes, body: bytes = b"") -> None:
         assert self.conn is not None
         try:
             with self._send_lock:
-                self.conn.send_bytes(data)
+                self.conn.send(head, body)
         except OSError:
             raise _Died from None
 
@@ -172,7 +172,7 @@ class ProcessWorker(WorkerHandle):
                 self._failed(msg)
                 return
 
-    def _failed(self, msg: bytes) -> None:
+    def _failed(self, msg: bytearray) -> None:
         feed, slot = self.feed, self.slot
         _, seq, index = P.FAIL.unpack_from(msg)
         report = loads(memoryview(msg)[P.FAIL.size :])
@@ -215,7 +215,7 @@ class ProcessWorker(WorkerHandle):
                 with self._cond:
                     self.inflight.append((seq, items))
                     self._cond.notify_all()
-                self._send(P.SEQ.pack(P.BATCH, seq) + payload)
+                self._send(P.SEQ.pack(P.BATCH, seq), payload)
         except (Stopping, _Died):
             pass
         except BaseException as exc:

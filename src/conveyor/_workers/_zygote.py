@@ -61,7 +61,10 @@ def serve(fd: int) -> None:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-    from . import _child  # preload: every worker starts with it imported
+    # preload what every worker needs, so that a worker starts with it imported
+    import cloudpickle  # noqa: F401  (unpickling a stage needs it)
+
+    from . import _child
 
     me = os.getpid()
     children: set[int] = set()

@@ -40,7 +40,7 @@ __all__ = ["LocalRun"]
 # most bytes in a batch, batches a worker may hold at once).
 SIZING = {
     "thread": (0.002, 256, 0, 1),
-    "process": (0.02, 8192, 4 << 20, 2),
+    "process": (0.01, 8192, 4 << 20, 2),
 }
 SOURCE_CHUNK = 1024
 OUTPUT_INITIAL = 64
@@ -160,7 +160,8 @@ class LocalRun:
                 self.control,
                 BatchSizer(target_s, max_items, target_bytes),
                 auto_inbox=spec.maxsize is None and spec.op != "produce",
-                auto_outbox=last and outbox is not None,
+                # an auto-sized input also makes room for a whole batch of its upstream
+                auto_outbox=outbox is not None and (last or stages[i + 1].maxsize is None),
                 depth=depth,
                 on_finished=self._stage_finished,
             )

@@ -20,11 +20,15 @@ import pytest
 
 from conveyor.testing import wait_until
 
+JOIN_S = 60
+
 SCRIPT = """
 import itertools, json, sys, time
 import conveyor as cv
 from conveyor._workers._zygote import Zygote
 from conveyor.testing import wait_until
+
+JOIN_S = 60
 
 def slow(x):
     time.sleep(0.02)
@@ -113,3 +117,38 @@ def test_kill_9_of_the_main_process_takes_the_workers_down(tmp_path: Path) -> No
     proc.kill()
     proc.communicate(timeout=15)
     assert_all_gone(pids)
+
+
+def test_launcher_exits_with_its_process_even_if_that_process_forked(tmp_path: Path) -> None:
+    # a child made with os.fork() inherits the sockets; it must not keep the launcher alive
+    script = tmp_path / "forks.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys, time, warnings
+            import conveyor as cv
+            from conveyor._workers._zygote import Zygote
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: we know
+            list(cv.Pipeline().source(range(3)).map(abs, kind="process"))
+            zygote = Zygote.get().process.pid
+            child = os.fork()
+            if child == 0:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 1)  # let the test read the parent's output to its end
+                os.dup2(null, 2)
+                time.sleep(60)
+                os._exit(0)
+            print(zygote, child, flush=True)
+            """
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=JOIN_S, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    zygote, child = map(int, proc.stdout.split())
+    try:
+        assert_all_gone([zygote])
+        assert alive(child)
+    finally:
+        os.kill(child, signal.SIGKILL)

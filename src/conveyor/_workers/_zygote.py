@@ -50,6 +50,10 @@ class ZygoteGone(Exception):
     """The zygote process is not running."""
 
 
+def _after_fork_in_child() -> None:
+    Zygote._forget_in_child()
+
+
 # -- the server side (runs in the zygote process) ---------------------------------
 
 
@@ -147,6 +151,19 @@ class Zygote:
     _instance_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
+    def _forget_in_child(cls) -> None:
+        """After os.fork() in the user's code: the child must not keep the parent's
+        end of the socket open (the zygote would outlive the parent), nor use it."""
+        z = cls._instance
+        cls._instance = None
+        cls._instance_lock = threading.Lock()
+        if z is not None:
+            try:
+                z.sock.close()
+            except OSError:
+                pass
+
+    @classmethod
     def get(cls) -> Zygote:
         with cls._instance_lock:
             z = cls._instance
@@ -239,3 +256,6 @@ class Zygote:
         with self._cond:
             self._cond.wait_for(lambda: pid in self._exits or self.gone, timeout)
             return self._exits.pop(pid, None)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -94,6 +94,8 @@ class ProcessWorker(WorkerHandle):
     def _spawn(self) -> None:
         feed, slot = self.feed, self.slot
         spec = feed.spec
+        if feed.stop[0]:
+            raise Stopping
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.zygote = Zygote.get()
         try:
@@ -113,7 +115,7 @@ class ProcessWorker(WorkerHandle):
             "stage": feed.name,
             "index": slot.index,
         }
-        self.conn.send(P.TAG.pack(P.INIT), dumps_items(init))
+        self._send(P.TAG.pack(P.INIT), dumps_items(init))
 
     def _recv(self) -> bytearray:
         assert self.conn is not None

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import conveyor as cv
+from tests.helpers import mark, marks_named
 
 JOIN = 60
 
@@ -180,3 +182,59 @@ def test_no_shared_memory_left_behind() -> None:
     for _ in range(3):
         list(cv.Pipeline().source(range(1000)).map(lambda x: x, kind="process", workers=2))
     assert set(os.listdir("/dev/shm")) - before == set()
+
+
+def test_items_and_producers_defined_in_the_script(tmp_path: Path) -> None:
+    # the worker does not import the user's script: its classes and functions travel by value
+    proc = run_script(
+        """
+        import dataclasses, functools
+        import conveyor as cv
+
+        @dataclasses.dataclass
+        class Dish:
+            name: str
+            n: int
+
+        def produce(name, n):
+            for i in range(n):
+                yield Dish(name, i)
+
+        def cook(d):
+            return Dish(d.name.upper(), d.n * 10)
+
+        p = (
+            cv.Pipeline()
+            .source(functools.partial(produce, "rice", 2), functools.partial(produce, "tea", 2),
+                    kind="process")
+            .map(cook, kind="process", workers=2)
+        )
+        out = sorted(list(p), key=lambda d: (d.name, d.n))
+        assert all(type(d) is Dish for d in out), [type(d) for d in out]
+        print([(d.name, d.n) for d in out])
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[('RICE', 0), ('RICE', 10), ('TEA', 0), ('TEA', 10)]"
+
+
+def test_each_producer_gets_its_own_worker(kind: str, marks: Path) -> None:
+    # every producer waits until all three have started: they can only finish if
+    # they run at the same time, each in its own worker
+    d = str(marks)
+
+    def producer(i: int):  # type: ignore[no-untyped-def]
+        def produce():  # type: ignore[no-untyped-def]
+            mark(d, f"started-{i}")
+            deadline = time.monotonic() + 30
+            while len(marks_named(d, "started-")) < 3:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("producers were not run side by side")
+                time.sleep(0.002)
+            yield i
+
+        return produce
+
+    p = cv.Pipeline().source(producer(0), producer(1), producer(2), kind=kind)
+    assert sorted(p) == [0, 1, 2]

@@ -144,7 +144,7 @@ class LocalRun:
             last = i == len(stages) - 1
             target_s, max_items, target_bytes, depth = SIZING[spec.kind]
             if spec.op == "produce":
-                max_items = 1  # one producer per worker
+                max_items = depth = 1  # one producer per worker, and one at a time
             if spec.is_sink:
                 outbox = None
             elif last:

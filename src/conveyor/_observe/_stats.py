@@ -24,8 +24,9 @@ class WorkerStatus:
     """Native thread id; for a process worker, the id of its main thread (its pid)."""
     alive: bool
     state: str
-    """starting, idle (waiting for input), busy, blocked (waiting for room downstream),
-    stopping, or done."""
+    """starting, idle (waiting for input), busy, blocked (waiting for room downstream,
+    or for slower batches ahead of it to leave in order), stopping, or done. A process
+    worker is busy from the moment a batch is handed to it until its results are back."""
     state_seconds: float
     """How long it has been in that state."""
     items_done: int

@@ -149,6 +149,7 @@ def test_first_error_stops_an_endless_run(kind: str) -> None:
     assert isinstance(err.__cause__, ValueError)
     assert str(err.__cause__) == "bad item 10"
     assert "fails_on_ten" in err.traceback
+    assert "_apply.py" not in err.traceback  # starts at the user's code, not conveyor's loop
     assert "bad item 10" in str(err)
     assert run.state == "failed"
     assert not any(w.alive for w in run.workers())

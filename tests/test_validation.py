@@ -151,3 +151,8 @@ def test_nothing_starts_when_validation_fails(src: cv.Pipeline[int]) -> None:
     with pytest.raises(ValueError, match="workers"):
         src.map(ident).map(ident, workers=0)
     assert threading.active_count() == before
+
+
+def test_classes_used_as_functions(kind: str) -> None:
+    assert list(cv.Pipeline().source(["1", "2"]).map(int, kind=kind)) == [1, 2]
+    assert list(cv.Pipeline().source([1, 2]).map(str, kind=kind).map(str.upper)) == ["1", "2"]

@@ -331,7 +331,12 @@ class Pipeline(Generic[T]):
             from ._observe._progress import start_progress
 
             reporter = start_progress(engine_run)
-        engine_run.start()
+        try:
+            engine_run.start()
+        except BaseException:
+            if reporter is not None:
+                reporter.stop()
+            raise
         return Run(engine_run, reporter)
 
     def __iter__(self) -> Iterator[T]:

@@ -89,9 +89,14 @@ class Run(Generic[T]):
 
     def _reap(self) -> None:
         self._run.done.wait()
+        self._stop_progress()
+        _unregister(self._run)
+
+    def _stop_progress(self) -> None:
+        # before wait() or the loop hands control back: the last frame of the live
+        # view must not land after the caller's own output (stop() is idempotent)
         if self._progress is not None:
             self._progress.stop()
-        _unregister(self._run)
 
     # -- waiting ----------------------------------------------------------------
 
@@ -113,6 +118,7 @@ class Run(Generic[T]):
         except (KeyboardInterrupt, SystemExit):
             self._stop_and_join()
             raise
+        self._stop_progress()
         self._raise_error()
 
     def _drain(self, out: Any, deadline: float | None) -> None:
@@ -135,6 +141,7 @@ class Run(Generic[T]):
     def _stop_and_join(self) -> None:
         self._run.cancel()
         self._run.done.wait(self._run.grace + 35.0)
+        self._stop_progress()
 
     def __iter__(self) -> Iterator[T]:
         """Stream the outputs of the last stage, in order unless it said otherwise.

@@ -6,7 +6,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._workers._apply import is_stage_object
+from ._workers._apply import is_stage_class, is_stage_object
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -91,12 +91,7 @@ def check_kind(kind: object, stage: str) -> str:
 def check_stage_target(op: str, target: Any, stage: str) -> None:
     """A function, a stage class, or an instance of one; never a generator where a
     function is needed."""
-    if isinstance(target, type):
-        if not callable(getattr(target, "process", None)):
-            raise TypeError(
-                f"stage {stage!r}: class {target.__qualname__} has no process(self, item) method; "
-                "a stage class needs process(), and may have setup() and teardown()"
-            )
+    if is_stage_class(target):
         try:
             inspect.signature(target).bind()
         except TypeError:
@@ -105,13 +100,20 @@ def check_stage_target(op: str, target: Any, stage: str) -> None:
                 "arguments (conveyor makes one instance per worker); pass settings as class "
                 "attributes, or pass an instance instead of the class"
             ) from None
-        except ValueError:  # no signature available (builtin): trust it
+        except ValueError:  # no signature available: trust it
             pass
-        fn = getattr(target, "process")  # noqa: B009
+        fn = target.process
+    elif isinstance(target, type) and any(
+        callable(getattr(target, m, None)) for m in ("setup", "teardown")
+    ):
+        raise TypeError(
+            f"stage {stage!r}: class {target.__qualname__} has no process(self, item) method; "
+            "a stage class needs process(), and may have setup() and teardown()"
+        )
     elif is_stage_object(target):
         fn = target.process
     elif callable(target):
-        fn = target
+        fn = target  # a function, or a class used as one (int, str): one call per item
     else:
         raise TypeError(
             f"stage {stage!r}: expected a function or a stage class, got "

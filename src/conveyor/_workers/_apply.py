@@ -24,6 +24,7 @@ item out as soon as it is made.
 from __future__ import annotations
 
 import copy
+import os
 import traceback
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol
@@ -72,7 +73,15 @@ class ItemFailed(Exception):
 
 
 def describe_exception(error: BaseException) -> str:
-    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    """The traceback text of ``error``, starting at the user's code: the frames of
+    conveyor's worker loop that called it are left out."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_HERE):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb or error.__traceback__))
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class Processor:
@@ -96,7 +105,7 @@ class Processor:
     def setup(self) -> None:
         """Make this worker's instance of a stage class and call its ``setup()``."""
         target = self.target
-        if isinstance(target, type):
+        if is_stage_class(target):
             self._obj = target()
         elif is_stage_object(target):
             self._obj = copy.deepcopy(target)
@@ -248,6 +257,11 @@ def _iterate(got: Any, fn: Any) -> Iterable[Any]:
             f"{name} returned {type(got).__name__}, not an iterable: a flat_map function or a "
             "producer must return an iterable (or be a generator function)"
         ) from None
+
+
+def is_stage_class(target: Any) -> bool:
+    """A class with a ``process`` method: one instance per worker."""
+    return isinstance(target, type) and callable(getattr(target, "process", None))
 
 
 def is_stage_object(target: Any) -> bool:

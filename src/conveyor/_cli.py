@@ -1,0 +1,398 @@
+"""The ``conveyor`` command line: a thin adapter over the library.
+
+Commands::
+
+    conveyor run MODULE:ATTR [--progress/--no-progress] [--print] [--grace SECONDS]
+    conveyor demo [--files N] [--size-kb K] [--workers W] [--keep] [--dir PATH]
+    conveyor --version
+
+``run`` imports MODULE (the current directory first on ``sys.path``, as with
+``python -m``), takes ATTR (a Pipeline, or a function of no arguments that returns
+one), runs it with live progress on stderr, and prints the stats table on stderr
+when the run is over, however it ended. Outputs go to stdout only with ``--print``.
+
+Exit codes are decided in one place, :meth:`_Group.invoke`, the way click's own
+exceptions carry theirs (``UsageError.exit_code == 2``)::
+
+    0    the run finished
+    1    the run failed: PipelineError (StageError, WorkerCrashed, Cancelled)
+    2    usage: a bad MODULE:ATTR, a module that cannot be imported, not a Pipeline
+    130  Ctrl-C (SIGINT)
+    143  SIGTERM (the library turns it into SystemExit(143) while a run is active)
+
+A failed run prints its error message, and for a StageError the worker's
+traceback text, never a traceback of conveyor's own frames.
+
+click is imported here and only here; ``import conveyor`` does not load it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import IO, TYPE_CHECKING, Any
+
+import click
+
+from . import __version__, _demo
+from ._errors import PipelineError, StageError
+from ._pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._run import Run
+
+__all__ = ["main"]
+
+
+# -- errors and their exit codes --------------------------------------------------
+
+
+class RunFailed(click.ClickException):
+    """The pipeline ran and failed: its message, and the worker's traceback text."""
+
+    exit_code = 1
+
+    def __init__(self, error: PipelineError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        err = file if file is not None else sys.stderr
+        if isinstance(self.error, StageError) and self.error.traceback:
+            click.echo(without_engine_frames(self.error.traceback).rstrip("\n"), file=err)
+        click.echo(f"Error: {self.format_message()}", file=err)
+
+
+_ENGINE_DIRS = tuple(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), d, "")
+    for d in ("_workers", "_engine", "_channels")
+)
+
+
+def without_engine_frames(text: str) -> str:
+    """A worker's traceback text without the frames of the machinery that called the
+    stage's function: what is left starts at the user's code.
+
+    Kept whole when nothing would be left (the error came from conveyor itself).
+    """
+    out: list[str] = []
+    skipping = kept = False
+    for line in text.splitlines(keepends=True):
+        if line.startswith('  File "'):
+            path = line[len('  File "') :].split('"', 1)[0]
+            skipping = path.startswith(_ENGINE_DIRS)
+            kept = kept or not skipping
+        elif skipping and line.startswith("    "):
+            pass  # the source line and the carets of a skipped frame
+        else:
+            skipping = False
+        if not skipping:
+            out.append(line)
+    return "".join(out) if kept else text
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C: the run was cancelled and its workers stopped."""
+
+    exit_code = 128 + signal.SIGINT
+
+    def __init__(self, what: str = "interrupted (SIGINT)") -> None:
+        super().__init__(what)
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"Aborted: {self.format_message()}", file=file or sys.stderr)
+
+
+class Terminated(Interrupted):
+    """SIGTERM: as Ctrl-C, with its own exit code."""
+
+    exit_code = 128 + signal.SIGTERM
+
+    def __init__(self) -> None:
+        super().__init__("terminated (SIGTERM)")
+
+
+class BadTarget(click.UsageError):
+    """MODULE:ATTR does not name a pipeline; exit code 2 like every usage error.
+
+    ``detail`` is the user's own traceback (an exception raised while importing the
+    module or building the pipeline), printed before the message.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        err = file if file is not None else sys.stderr
+        if self.detail:
+            click.echo(self.detail.rstrip("\n"), file=err)
+        super().show(err)
+
+
+def to_click_exception(exc: BaseException) -> click.ClickException | None:
+    """The one map from what a command raised to what the user sees and the exit code."""
+    if isinstance(exc, click.ClickException):
+        return exc
+    if isinstance(exc, PipelineError):
+        return RunFailed(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted()
+    if isinstance(exc, SystemExit) and exc.code == Terminated.exit_code:
+        return Terminated()
+    return None
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (Exception, KeyboardInterrupt, SystemExit) as exc:
+            mapped = to_click_exception(exc)
+            if mapped is None or mapped is exc:
+                raise
+            raise mapped from None
+
+
+# -- loading MODULE:ATTR -----------------------------------------------------------
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` without the frames of conveyor and of importlib: what
+    is left is the user's code (a SyntaxError keeps its file, line and caret)."""
+    te = traceback.TracebackException.from_exception(exc)
+    te.stack = traceback.StackSummary.from_list(
+        [
+            f
+            for f in te.stack
+            if not (f.filename.startswith(_PACKAGE_DIR) or "importlib" in f.filename)
+        ]
+    )
+    return "".join(te.format())
+
+
+def _import_module(name: str) -> Any:
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # like `python -m`: modules of the current directory
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or name
+        if name == missing or name.startswith(missing + "."):
+            raise BadTarget(
+                f"no module named {missing!r} in the current directory ({cwd}) or on "
+                f"sys.path: run conveyor from the directory that holds "
+                f"{missing.replace('.', '/')}.py, or install its package"
+            ) from None
+        raise BadTarget(
+            f"importing {name!r} failed: it needs the module {missing!r}, which is not "
+            "installed here",
+            _user_traceback(exc),
+        ) from None
+    except Exception as exc:
+        raise BadTarget(
+            f"importing {name!r} raised {type(exc).__name__}: fix the module and run again",
+            _user_traceback(exc),
+        ) from None
+
+
+def load_pipeline(target: str) -> Pipeline[Any]:
+    """The Pipeline that ``MODULE:ATTR`` names (ATTR may be dotted, ``jobs.nightly``)."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise BadTarget(
+            f"expected MODULE:ATTR, such as mypipes:pipeline (a Pipeline, or a function "
+            f"of no arguments that returns one); got {target!r}"
+        )
+    module = _import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            found = [k for k, v in vars(module).items() if isinstance(v, Pipeline)]
+            hint = f"; its pipelines: {', '.join(sorted(found))}" if found else ""
+            raise BadTarget(f"module {module_name!r} has no attribute {attr!r}{hint}") from None
+    if isinstance(obj, Pipeline):
+        return obj
+    what = f"{module_name}:{attr}"
+    if not callable(obj):
+        raise BadTarget(
+            f"{what} is of type {type(obj).__name__}, not a conveyor.Pipeline or a "
+            "function of no arguments that returns one"
+        )
+    try:
+        inspect.signature(obj).bind()
+    except TypeError:
+        raise BadTarget(
+            f"{what} needs arguments; conveyor run calls it with none: give it defaults, "
+            "or point at a Pipeline or another function"
+        ) from None
+    except ValueError:
+        pass  # no signature to check (a builtin): just call it
+    try:
+        built = obj()
+    except Exception as exc:
+        raise BadTarget(
+            f"{what}() raised {type(exc).__name__} while building the pipeline",
+            _user_traceback(exc),
+        ) from None
+    if not isinstance(built, Pipeline):
+        raise BadTarget(
+            f"{what}() returned an object of type {type(built).__name__}, not a conveyor.Pipeline"
+        )
+    return built
+
+
+# -- running -------------------------------------------------------------------------
+
+
+def _is_terminal(stream: IO[Any]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def execute(
+    pipeline: Pipeline[Any],
+    *,
+    progress: bool,
+    grace: float,
+    echo_outputs: bool = False,
+    on_output: Callable[[Any], object] | None = None,
+) -> Run[Any]:
+    """Run ``pipeline`` to its end; the stats table goes to stderr however it ends.
+
+    Outputs go to stdout with ``echo_outputs``, and to ``on_output(item)`` if given.
+    Errors propagate (``_Group.invoke`` turns them into exit codes).
+
+    The command owns its progress reporter rather than ``run(progress=True)``: it
+    stops it once the last output is out, before the stats table, and it picks
+    plain lines when outputs go to the same terminal (a live table and lines
+    printed through it would scramble each other).
+    """
+    from ._observe._progress import start_progress
+
+    try:
+        run = pipeline.run(grace=grace)
+    except (TypeError, ValueError) as exc:
+        raise BadTarget(f"the pipeline cannot start: {exc}") from None
+    reporter = None
+    try:
+        if progress:
+            live = False if echo_outputs and _is_terminal(sys.stdout) else None
+            reporter = start_progress(run, live=live)
+        if echo_outputs or on_output is not None:
+            for item in run:
+                if on_output is not None:
+                    on_output(item)
+                if echo_outputs:
+                    sys.stdout.write(str(item) + "\n")  # no flush per item: stdout buffers
+        else:
+            run.wait()
+    finally:
+        if echo_outputs:
+            sys.stdout.flush()
+        if reporter is not None:
+            reporter.stop()
+        click.echo(run.stats().render(), err=True)
+    return run
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="conveyor")
+def main() -> None:
+    """conveyor: producer-consumer pipelines on threads and processes."""
+
+
+@main.command("run")
+@click.argument("target", metavar="MODULE:ATTR")
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Live progress on stderr."
+)
+@click.option("--print", "echo_outputs", is_flag=True, help="Print each output on stdout.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a stopping run lets workers finish their current item.",
+)
+def run_command(target: str, progress: bool, echo_outputs: bool, grace: float) -> None:
+    """Run the pipeline MODULE:ATTR (a Pipeline, or a function returning one).
+
+    MODULE is imported as `python -m` would, from the current directory first.
+    """
+    pipeline = load_pipeline(target)
+    execute(pipeline, progress=progress, grace=grace, echo_outputs=echo_outputs)
+
+
+@main.command("demo")
+@click.option(
+    "--files",
+    type=click.IntRange(min=1),
+    default=_demo.DEFAULT_FILES,
+    show_default=True,
+    help="Log files to make.",
+)
+@click.option(
+    "--size-kb",
+    type=click.IntRange(min=1),
+    default=_demo.DEFAULT_SIZE_KB,
+    show_default=True,
+    help="Size of each log file, in KiB.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=_demo.default_workers,
+    show_default="one per CPU",
+    help="Process workers of the CPU-bound stage.",
+)
+@click.option("--keep", is_flag=True, help="Keep the generated logs and reports.")
+@click.option(
+    "--dir",
+    "base_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Make the working directory in PATH (default: the system's temp directory).",
+)
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Live progress on stderr."
+)
+def demo_command(
+    files: int, size_kb: int, workers: int, keep: bool, base_dir: str | None, progress: bool
+) -> None:
+    """Make synthetic web-server logs and analyze them: read (threads) ->
+    parse and checksum (processes) -> write one report per file (threads)."""
+    with _demo.workspace(base_dir, keep) as ws:
+        click.echo(f"generating {files} access logs of {size_kb} KiB in {ws.root}", err=True)
+        t0 = time.perf_counter()
+        data = _demo.generate(ws.logs, files, size_kb)
+        click.echo(
+            f"generated {data.nbytes / 1e6:.1f} MB, {data.lines:,} requests, in "
+            f"{time.perf_counter() - t0:.1f}s; analyzing: read ({_demo.READERS} threads) -> "
+            f"analyze ({workers} processes) -> write ({_demo.WRITERS} threads)",
+            err=True,
+        )
+        pipeline = _demo.build_pipeline(data.paths, ws.reports, workers=workers)
+        summary = _demo.Summary()
+        run = execute(pipeline, progress=progress, grace=2.0, on_output=summary.add)
+        where = f"reports kept in {ws.reports}" if keep else f"removed {ws.root}"
+        click.echo(summary.render(data, run.stats(), where))

@@ -26,7 +26,14 @@ from .._channels._memory import MemoryChannel
 from .._errors import Cancelled, StageError
 from .._observe._stats import RunStats, StageStats, WorkerStatus
 from .._workers._apply import describe_exception, stream_into
-from .._workers._base import Stopping, WorkerHandle, WorkerKind, WorkerSlot, load_kind
+from .._workers._base import (
+    Stopping,
+    ThreadHandle,
+    WorkerHandle,
+    WorkerKind,
+    WorkerSlot,
+    load_kind,
+)
 from ._runtime import BatchSizer, RunControl, StageRuntime
 
 if TYPE_CHECKING:
@@ -46,7 +53,7 @@ SOURCE_CHUNK = 1024
 OUTPUT_INITIAL = 64
 
 
-class _SourceFeeder(WorkerHandle):
+class _SourceFeeder(ThreadHandle):
     """Reads the pipeline's iterable source into the first stage's input."""
 
     def __init__(self, run: LocalRun, spec: SourceSpec, out: MemoryChannel[Any]) -> None:
@@ -55,10 +62,6 @@ class _SourceFeeder(WorkerHandle):
         self.out = out
         self.slot = WorkerSlot(f"{spec.name}-1", spec.name, 1, "thread")
         self.thread = threading.Thread(target=self._run, name=self.slot.name, daemon=True)
-
-    def start(self) -> None:
-        self.slot.alive = True
-        self.thread.start()
 
     def _emit(self, chunk: list[Any]) -> None:
         slot = self.slot
@@ -101,14 +104,6 @@ class _SourceFeeder(WorkerHandle):
             slot.set_state("done")
             slot.alive = False
             self.run._stage_finished()
-
-    def join(self, timeout: float | None = None) -> bool:
-        self.thread.join(timeout)
-        return not self.thread.is_alive()
-
-    def kill(self) -> None:
-        if self.thread.is_alive():
-            self.slot.abandoned = True
 
 
 class LocalRun:

@@ -25,6 +25,7 @@ __all__ = [
     "NOTHING",
     "StageFeed",
     "Stopping",
+    "ThreadHandle",
     "WorkerHandle",
     "WorkerKind",
     "WorkerSlot",
@@ -114,6 +115,25 @@ class WorkerHandle(ABC):
     def kill(self) -> None:
         """Stop the worker now, without waiting for its current item (a process is
         killed; a thread cannot be, so it is abandoned and named in the report)."""
+
+
+class ThreadHandle(WorkerHandle):
+    """A worker driven by one thread of this process (``self.thread``): a thread
+    worker, a process worker's collector, the source feeder."""
+
+    thread: threading.Thread
+
+    def start(self) -> None:
+        self.slot.alive = True
+        self.thread.start()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def kill(self) -> None:
+        if self.thread.is_alive():
+            self.slot.abandoned = True
 
 
 class WorkerKind(ABC):

@@ -29,7 +29,7 @@ from typing import Any
 
 from .._errors import StageError, WorkerCrashed, item_repr
 from . import _protocol as P
-from ._base import StageFeed, Stopping, WorkerHandle, WorkerKind, WorkerSlot
+from ._base import StageFeed, Stopping, ThreadHandle, WorkerHandle, WorkerKind, WorkerSlot
 from ._serialize import dumps_items, first_unpicklable, loads
 from ._wire import Wire
 from ._zygote import Zygote, ZygoteGone
@@ -44,7 +44,7 @@ class _Died(Exception):
     pass
 
 
-class ProcessWorker(WorkerHandle):
+class ProcessWorker(ThreadHandle):
     def __init__(self, feed: StageFeed, slot: WorkerSlot, kind: ProcessKind) -> None:
         self.feed = feed
         self.slot = slot
@@ -60,10 +60,6 @@ class ProcessWorker(WorkerHandle):
         self.inflight: deque[tuple[int, list[Any]]] = deque()
         self._exhausted = False
         self._killed = False
-
-    def start(self) -> None:
-        self.slot.alive = True
-        self.thread.start()
 
     # -- collector (the worker's main thread in the engine) -------------------
 
@@ -265,10 +261,6 @@ class ProcessWorker(WorkerHandle):
             if code is not None:
                 self._exit, self._exit_known = code, True
         return self._exit
-
-    def join(self, timeout: float | None = None) -> bool:
-        self.thread.join(timeout)
-        return not self.thread.is_alive()
 
     def kill(self) -> None:
         if self.pid is not None and self.zygote is not None and not self._exit_known:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._errors import StageError, item_repr
 from ._apply import ItemFailed, Processor, describe_exception
-from ._base import StageFeed, Stopping, WorkerHandle, WorkerKind, WorkerSlot
+from ._base import StageFeed, Stopping, ThreadHandle, WorkerHandle, WorkerKind, WorkerSlot
 from ._context import WorkerInfo, set_current_worker
 
 __all__ = ["ThreadKind", "backend_class", "run_stage_loop"]
@@ -51,16 +51,12 @@ def run_stage_loop(feed: StageFeed, slot: WorkerSlot, proc: Processor) -> None:
         feed.complete(seq, rest, slot)
 
 
-class ThreadWorker(WorkerHandle):
+class ThreadWorker(ThreadHandle):
     def __init__(self, feed: StageFeed, slot: WorkerSlot, stop: list[bool]) -> None:
         self.feed = feed
         self.slot = slot
         self.stop = stop
         self.thread = threading.Thread(target=self._run, name=slot.name, daemon=True)
-
-    def start(self) -> None:
-        self.slot.alive = True
-        self.thread.start()
 
     def _run(self) -> None:
         feed, slot = self.feed, self.slot
@@ -94,14 +90,6 @@ class ThreadWorker(WorkerHandle):
             slot.set_state("done")
             slot.alive = False
             feed.worker_done()
-
-    def join(self, timeout: float | None = None) -> bool:
-        self.thread.join(timeout)
-        return not self.thread.is_alive()
-
-    def kill(self) -> None:
-        if self.thread.is_alive():
-            self.slot.abandoned = True
 
 
 class ThreadKind(WorkerKind):

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 
 import conveyor as cv
 from conveyor import _demo
-from conveyor._cli import main, without_engine_frames
+from conveyor._cli import main
 from conveyor.testing import wait_until
 
 if TYPE_CHECKING:
@@ -192,27 +192,6 @@ def test_ctrl_c_maps_to_130(runner: CliRunner, jobs: str) -> None:
     code, _, err = invoke(runner, "run", f"{jobs}:interrupted")
     assert code == 130
     assert "Aborted: interrupted (SIGINT)" in err
-
-
-def test_without_engine_frames_keeps_the_users_frames() -> None:
-    engine = os.path.join(os.path.dirname(cv.__file__), "_workers", "_apply.py")
-    text = (
-        "Traceback (most recent call last):\n"
-        f'  File "{engine}", line 141, in _map\n'
-        "    append(fn(item))\n"
-        "           ^^^^^^^^\n"
-        '  File "/home/u/jobs.py", line 10, in boom\n'
-        '    raise ValueError("bad")\n'
-        "ValueError: bad\n"
-    )
-    assert without_engine_frames(text) == (
-        "Traceback (most recent call last):\n"
-        '  File "/home/u/jobs.py", line 10, in boom\n'
-        '    raise ValueError("bad")\n'
-        "ValueError: bad\n"
-    )
-    only_engine = f'Traceback (most recent call last):\n  File "{engine}", line 1, in f\nE: x\n'
-    assert without_engine_frames(only_engine) == only_engine
 
 
 def test_demo_keeps_its_reports_with_keep(runner: CliRunner, tmp_path: Path) -> None:

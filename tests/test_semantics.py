@@ -220,6 +220,9 @@ def test_exception_in_source_iterable(kind: str) -> None:
     with pytest.raises(cv.StageError, match="disk gone") as info:
         list(cv.Pipeline().source(source()).map(lambda x: x, kind=kind))
     assert info.value.stage == "source"
+    # the traceback starts at the user's generator, not in conveyor's feeder
+    frames = [ln for ln in info.value.traceback.splitlines() if ln.startswith('  File "')]
+    assert "in source" in frames[0]
 
 
 def test_exception_in_a_producer(kind: str) -> None:

@@ -66,36 +66,8 @@ class RunFailed(click.ClickException):
     def show(self, file: IO[Any] | None = None) -> None:
         err = file if file is not None else sys.stderr
         if isinstance(self.error, StageError) and self.error.traceback:
-            click.echo(without_engine_frames(self.error.traceback).rstrip("\n"), file=err)
+            click.echo(self.error.traceback.rstrip("\n"), file=err)
         click.echo(f"Error: {self.format_message()}", file=err)
-
-
-_ENGINE_DIRS = tuple(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), d, "")
-    for d in ("_workers", "_engine", "_channels")
-)
-
-
-def without_engine_frames(text: str) -> str:
-    """A worker's traceback text without the frames of the machinery that called the
-    stage's function: what is left starts at the user's code.
-
-    Kept whole when nothing would be left (the error came from conveyor itself).
-    """
-    out: list[str] = []
-    skipping = kept = False
-    for line in text.splitlines(keepends=True):
-        if line.startswith('  File "'):
-            path = line[len('  File "') :].split('"', 1)[0]
-            skipping = path.startswith(_ENGINE_DIRS)
-            kept = kept or not skipping
-        elif skipping and line.startswith("    "):
-            pass  # the source line and the carets of a skipped frame
-        else:
-            skipping = False
-        if not skipping:
-            out.append(line)
-    return "".join(out) if kept else text
 
 
 class Interrupted(click.ClickException):

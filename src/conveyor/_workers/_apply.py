@@ -74,14 +74,15 @@ class ItemFailed(Exception):
 
 def describe_exception(error: BaseException) -> str:
     """The traceback text of ``error``, starting at the user's code: the frames of
-    conveyor's worker loop that called it are left out."""
+    conveyor's own loops that called it are left out (all of them are kept when the
+    error comes from conveyor itself)."""
     tb = error.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_HERE):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(error), error, tb or error.__traceback__))
 
 
-_HERE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # the package
 
 
 class Processor:

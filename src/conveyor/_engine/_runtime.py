@@ -3,8 +3,8 @@
 Data flow of a stage with ``n`` workers (any kind)::
 
     inbox (MemoryChannel, bounded in items)
-      │  take(): one taker at a time pairs a batch with the next sequence number,
-      │          and waits while the batch would run too far ahead (reorder window)
+      │  take(): waits while the batch would run too far ahead (reorder window),
+      │          then, one taker at a time, pairs a batch with the next sequence number
       ▼
     worker 1..n  (a thread running the stage, or a thread feeding a worker process)
       │  partial(seq, chunk)   streamed output of an unfinished batch
@@ -28,13 +28,12 @@ Ordering rules (``ordered=True``):
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from .._errors import Closed
-from .._workers._base import NOTHING, Stopping, WorkerSlot
+from .._workers._base import Stopping, WorkerSlot
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -42,7 +41,7 @@ if TYPE_CHECKING:
     from .._channels._memory import MemoryChannel
     from .._stage import StageSpec
 
-__all__ = ["NOTHING", "BatchSizer", "RunControl", "StageRuntime", "Stopping", "WorkerSlot"]
+__all__ = ["BatchSizer", "RunControl", "StageRuntime", "Stopping", "WorkerSlot"]
 
 AUTO_CAPACITY_CAP = 65536
 
@@ -190,45 +189,39 @@ class StageRuntime:
 
     # -- taking input -------------------------------------------------------
 
-    def take(
-        self, slot: WorkerSlot, block: bool = True, report: bool = True
-    ) -> tuple[int, list[Any]] | None:
-        """The next batch and its sequence number; None once the input is exhausted;
-        NOTHING if ``block`` is false and no batch can be had right now. ``report``:
-        show waiting in the worker's state (a process worker's feeder does not: its
-        collector does)."""
+    def take(self, slot: WorkerSlot, report: bool = True) -> tuple[int, list[Any]] | None:
+        """The next batch and its sequence number; None once the input is exhausted.
+
+        ``report``: show the wait in the worker's state (a process worker's feeder
+        reports in ``feeder_state``: its collector owns ``state``).
+        """
         inbox = self.inbox
         assert inbox is not None
-        if not self._take_lock.acquire(blocking=block):
-            return NOTHING  # type: ignore[no-any-return]
-        try:
-            if self.ordered:
-                with self._cond:
-                    while self._next_take - self._next_emit >= self.window:
-                        if self.control.stopping:
-                            raise Stopping
-                        if not block:
-                            return NOTHING  # type: ignore[no-any-return]
-                        # on the reorder window: the output is full
-                        if report:
-                            slot.set_state("blocked")
-                        else:
-                            slot.feeder_state = "blocked"
-                        self._cond.wait()
-            if block and report:
-                slot.set_state("idle")
-            elif not report:
-                slot.feeder_state = "idle"
+
+        def waiting(state: str) -> None:
+            if report:
+                slot.set_state(state)
+            else:
+                slot.feeder_state = state
+
+        if self.ordered:
+            # Wait for the reorder window before queueing for the take lock, so that
+            # every worker held back by the window shows it. Takers that pass together
+            # can overshoot the window by at most one batch each.
+            with self._cond:
+                while self._next_take - self._next_emit >= self.window:
+                    if self.control.stopping:
+                        raise Stopping
+                    waiting("blocked")  # the output is full
+                    self._cond.wait()
+        waiting("idle")
+        with self._take_lock:
             try:
-                items = inbox.get_many(self.batch_size(), block=block)
+                items = inbox.get_many(self.batch_size())
             except Closed:
                 return None
-            except queue.Empty:
-                return NOTHING  # type: ignore[no-any-return]
             seq = self._next_take
             self._next_take = seq + 1
-        finally:
-            self._take_lock.release()
         slot.items_in += len(items)
         return seq, items
 

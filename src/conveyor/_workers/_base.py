@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from .._stage import StageSpec
 
 __all__ = [
-    "NOTHING",
     "StageFeed",
     "Stopping",
     "ThreadHandle",
@@ -31,8 +30,6 @@ __all__ = [
     "WorkerSlot",
     "load_kind",
 ]
-
-NOTHING: Any = object()  # take(block=False) found no batch right now
 
 
 class Stopping(Abort):
@@ -84,9 +81,7 @@ class StageFeed(Protocol):
     @property
     def stop(self) -> list[bool]: ...
 
-    def take(
-        self, slot: WorkerSlot, block: bool = True, report: bool = True
-    ) -> tuple[int, list[Any]] | None: ...
+    def take(self, slot: WorkerSlot, report: bool = True) -> tuple[int, list[Any]] | None: ...
 
     def partial(self, seq: int, chunk: list[Any], slot: WorkerSlot) -> None: ...
 

@@ -322,12 +322,14 @@ def test_cancel_waits_for_the_current_item(kind: str, marks) -> None:  # type: i
     done_dir = str(marks)
 
     def work(x: int) -> int:
+        open(f"{done_dir}/started-{x}", "w").close()
         gate.wait()
         open(f"{done_dir}/done-{x}", "w").close()
         return x
 
     run = cv.Pipeline().source(range(100)).map(work, kind=kind, name="work").run(grace=30)
-    wait_worker_state(run, "work-1", "busy")
+    # "busy" only says a batch was handed over: wait until the item has started
+    wait_until(lambda: (marks / "started-0").exists())
     run.cancel()
     gate.open()
     with pytest.raises(cv.Cancelled):

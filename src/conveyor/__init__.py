@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import Cancelled as Cancelled
 from ._errors import Closed as Closed
+from ._errors import ItemTimeout as ItemTimeout
 from ._errors import PipelineError as PipelineError
 from ._errors import RemoteError as RemoteError
 from ._errors import StageError as StageError
@@ -24,6 +25,7 @@ from ._errors import WorkerCrashed as WorkerCrashed
 if TYPE_CHECKING:
     from ._channels._base import Channel as Channel
     from ._channels._base import ChannelStats as ChannelStats
+    from ._observe._stats import Failure as Failure
     from ._observe._stats import RunStats as RunStats
     from ._observe._stats import StageStats as StageStats
     from ._observe._stats import WorkerStatus as WorkerStatus
@@ -38,6 +40,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Channel": "._channels._base",
     "ChannelStats": "._channels._base",
+    "Failure": "._observe._stats",
     "Pipeline": "._pipeline",
     "Run": "._run",
     "RunStats": "._observe._stats",
@@ -53,6 +56,8 @@ __all__ = [
     "Channel",
     "ChannelStats",
     "Closed",
+    "Failure",
+    "ItemTimeout",
     "Pipeline",
     "PipelineError",
     "RemoteError",

@@ -280,7 +280,17 @@ def execute(
         if reporter is not None:
             reporter.stop()
         click.echo(run.stats().render(), err=True)
+        failures = run.failures
+        if failures:
+            click.echo(f"{len(failures)} item(s) failed:", err=True)
+            for f in failures[:SHOW_FAILURES]:
+                click.echo(f"  {f!r}", err=True)
+            if len(failures) > SHOW_FAILURES:
+                click.echo(f"  ... and {len(failures) - SHOW_FAILURES} more", err=True)
     return run
+
+
+SHOW_FAILURES = 10
 
 
 # -- commands ------------------------------------------------------------------------

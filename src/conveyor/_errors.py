@@ -3,9 +3,11 @@
 Our exception hierarchy::
 
     Exception
-    ├── PipelineError            a run did not complete
+    ├── PipelineError            a run did not complete, or an item failed for good
     │   ├── StageError           a stage's function raised (names stage, worker, item)
-    │   ├── WorkerCrashed        a worker process died while it held items
+    │   ├── WorkerCrashed        an item's deliveries killed its worker process too often
+    │   ├── ItemTimeout          an item ran longer than its stage's timeout (also a
+    │   │                        TimeoutError)
     │   └── Cancelled            the run was cancelled (run.cancel(), Ctrl-C, SIGTERM)
     └── Closed                   a channel was closed: no put after close(), no get
                                  once it is closed and drained
@@ -22,6 +24,7 @@ import reprlib
 __all__ = [
     "Cancelled",
     "Closed",
+    "ItemTimeout",
     "PipelineError",
     "RemoteError",
     "StageError",
@@ -101,7 +104,9 @@ class WorkerCrashed(PipelineError):
         self.item = item
         self.exitcode = exitcode
         self.held = held
-        if item is None:
+        if held == 0:
+            what = " while starting (loading the stage, or in setup())"
+        elif item is None:
             what = ""
         elif held == 1:
             what = f" while processing item {item}"
@@ -115,6 +120,22 @@ class WorkerCrashed(PipelineError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.stage, self.worker, self.item, self.exitcode, self.held))
+
+
+class ItemTimeout(PipelineError, TimeoutError):
+    """An item ran longer than its stage's ``timeout``."""
+
+    def __init__(self, stage: str, worker: str, item: str | None, timeout: float) -> None:
+        self.stage = stage
+        self.worker = worker
+        self.item = item
+        self.timeout = timeout
+        super().__init__(
+            f"item {item} of stage {stage!r} ran longer than timeout={timeout:g}s (worker {worker})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.stage, self.worker, self.item, self.timeout))
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -15,6 +15,7 @@ from ._stage import (
     StageSpec,
     check_kind,
     check_maxsize,
+    check_policy,
     check_positive_int,
     check_producer,
     check_sendable,
@@ -24,8 +25,13 @@ from ._stage import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
+    from typing import TypeAlias
 
+    from ._observe._stats import Failure
     from ._run import Run
+
+    OnError: TypeAlias = "str | Callable[[Failure], object]"
+    """on_error: "raise", "skip", or a function called with each Failure."""
 
 __all__ = ["Pipeline", "SupportsProcess"]
 
@@ -82,6 +88,11 @@ class Pipeline(Generic[T]):
         *sources: Any,
         kind: str = "thread",
         name: str | None = None,
+        on_error: OnError = "raise",
+        retries: int = 0,
+        backoff: float = 0.1,
+        timeout: float | None = None,
+        max_crashes: int = 2,
     ) -> Pipeline[Any]:
         """Where items come from: one iterable, or one or more producer functions.
 
@@ -138,6 +149,7 @@ class Pipeline(Generic[T]):
         maxsize: int | None,
         ordered: bool,
         name: str | None,
+        policy_args: tuple[object, object, object, object, object],
     ) -> Pipeline[Any]:
         if self._source is None and not self._stages:
             raise ValueError(f"add a source before .{op}(): Pipeline().source(items).{op}(...)")
@@ -153,11 +165,14 @@ class Pipeline(Generic[T]):
         maxsize = check_maxsize(maxsize, stage)
         if not isinstance(ordered, bool):
             raise TypeError(f"ordered must be True or False, got {ordered!r} (stage {stage!r})")
+        policy = check_policy(stage, *policy_args)
         payload = None
         if kind == "process":
             _start_launcher()
             payload = check_sendable(fn, stage)
-        spec = StageSpec(stage, op, fn, workers, kind, maxsize, ordered, payload=payload)
+        spec = StageSpec(
+            stage, op, fn, workers, kind, maxsize, ordered, policy=policy, payload=payload
+        )
         return self._extend(None, spec)
 
     def _stage_name(self, op: str, fn: Any, name: str | None) -> str:
@@ -185,6 +200,11 @@ class Pipeline(Generic[T]):
         maxsize: int | None = ...,
         ordered: bool = ...,
         name: str | None = ...,
+        on_error: OnError = ...,
+        retries: int = ...,
+        backoff: float = ...,
+        timeout: float | None = ...,
+        max_crashes: int = ...,
     ) -> Pipeline[U]: ...
 
     @overload
@@ -197,6 +217,11 @@ class Pipeline(Generic[T]):
         maxsize: int | None = ...,
         ordered: bool = ...,
         name: str | None = ...,
+        on_error: OnError = ...,
+        retries: int = ...,
+        backoff: float = ...,
+        timeout: float | None = ...,
+        max_crashes: int = ...,
     ) -> Pipeline[U]: ...
 
     @overload
@@ -209,6 +234,11 @@ class Pipeline(Generic[T]):
         maxsize: int | None = ...,
         ordered: bool = ...,
         name: str | None = ...,
+        on_error: OnError = ...,
+        retries: int = ...,
+        backoff: float = ...,
+        timeout: float | None = ...,
+        max_crashes: int = ...,
     ) -> Pipeline[U]: ...
 
     def map(
@@ -220,6 +250,11 @@ class Pipeline(Generic[T]):
         maxsize: int | None = None,
         ordered: bool = True,
         name: str | None = None,
+        on_error: OnError = "raise",
+        retries: int = 0,
+        backoff: float = 0.1,
+        timeout: float | None = None,
+        max_crashes: int = 2,
     ) -> Pipeline[Any]:
         """Apply ``fn`` to every item, on ``workers`` workers of ``kind``.
 
@@ -227,8 +262,32 @@ class Pipeline(Generic[T]):
         one instance per worker). ``maxsize`` bounds the items waiting in this
         stage's input (None: conveyor sizes it). ``ordered=False`` passes results
         on as they finish instead of in input order.
+
+        When an item fails (every stage takes these options):
+
+        * ``retries=N`` runs it again up to N times after it raised, waiting
+          ``backoff`` seconds, then twice as long each time;
+        * ``on_error="raise"`` then stops the run (``wait()`` raises StageError),
+          ``"skip"`` records it in ``run.failures`` and goes on, and a function is
+          called with each :class:`Failure` and then goes on (if it raises, the run
+          stops);
+        * ``timeout=`` seconds bounds each item: past it, a worker process is killed
+          and replaced, a thread worker is abandoned and replaced, and the item
+          counts as a failed attempt (ItemTimeout);
+        * an item whose delivery killed the worker process is delivered again, alone,
+          to a new worker; once it has killed ``max_crashes`` workers it fails with
+          WorkerCrashed.
         """
-        return self._stage("map", fn, workers, kind, maxsize, ordered, name)
+        return self._stage(
+            "map",
+            fn,
+            workers,
+            kind,
+            maxsize,
+            ordered,
+            name,
+            (on_error, retries, backoff, timeout, max_crashes),
+        )
 
     def filter(
         self,
@@ -239,9 +298,23 @@ class Pipeline(Generic[T]):
         maxsize: int | None = None,
         ordered: bool = True,
         name: str | None = None,
+        on_error: OnError = "raise",
+        retries: int = 0,
+        backoff: float = 0.1,
+        timeout: float | None = None,
+        max_crashes: int = 2,
     ) -> Pipeline[T]:
         """Keep the items for which ``pred(item)`` is true."""
-        return self._stage("filter", pred, workers, kind, maxsize, ordered, name)
+        return self._stage(
+            "filter",
+            pred,
+            workers,
+            kind,
+            maxsize,
+            ordered,
+            name,
+            (on_error, retries, backoff, timeout, max_crashes),
+        )
 
     @overload
     def flat_map(
@@ -253,6 +326,11 @@ class Pipeline(Generic[T]):
         maxsize: int | None = ...,
         ordered: bool = ...,
         name: str | None = ...,
+        on_error: OnError = ...,
+        retries: int = ...,
+        backoff: float = ...,
+        timeout: float | None = ...,
+        max_crashes: int = ...,
     ) -> Pipeline[U]: ...
 
     @overload
@@ -265,6 +343,11 @@ class Pipeline(Generic[T]):
         maxsize: int | None = ...,
         ordered: bool = ...,
         name: str | None = ...,
+        on_error: OnError = ...,
+        retries: int = ...,
+        backoff: float = ...,
+        timeout: float | None = ...,
+        max_crashes: int = ...,
     ) -> Pipeline[U]: ...
 
     @overload
@@ -277,6 +360,11 @@ class Pipeline(Generic[T]):
         maxsize: int | None = ...,
         ordered: bool = ...,
         name: str | None = ...,
+        on_error: OnError = ...,
+        retries: int = ...,
+        backoff: float = ...,
+        timeout: float | None = ...,
+        max_crashes: int = ...,
     ) -> Pipeline[U]: ...
 
     def flat_map(
@@ -288,10 +376,24 @@ class Pipeline(Generic[T]):
         maxsize: int | None = None,
         ordered: bool = True,
         name: str | None = None,
+        on_error: OnError = "raise",
+        retries: int = 0,
+        backoff: float = 0.1,
+        timeout: float | None = None,
+        max_crashes: int = 2,
     ) -> Pipeline[Any]:
         """Pass on every element of the iterable ``fn(item)`` returns (streamed: a
         generator's elements go on while it runs)."""
-        return self._stage("flat_map", fn, workers, kind, maxsize, ordered, name)
+        return self._stage(
+            "flat_map",
+            fn,
+            workers,
+            kind,
+            maxsize,
+            ordered,
+            name,
+            (on_error, retries, backoff, timeout, max_crashes),
+        )
 
     def sink(
         self,
@@ -301,9 +403,23 @@ class Pipeline(Generic[T]):
         kind: str = "thread",
         maxsize: int | None = None,
         name: str | None = None,
+        on_error: OnError = "raise",
+        retries: int = 0,
+        backoff: float = 0.1,
+        timeout: float | None = None,
+        max_crashes: int = 2,
     ) -> Pipeline[None]:
         """The terminal consumer: call ``fn`` on every item; its return values are dropped."""
-        return self._stage("sink", fn, workers, kind, maxsize, False, name)
+        return self._stage(
+            "sink",
+            fn,
+            workers,
+            kind,
+            maxsize,
+            False,
+            name,
+            (on_error, retries, backoff, timeout, max_crashes),
+        )
 
     # -- running ----------------------------------------------------------------
 

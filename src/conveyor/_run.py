@@ -5,6 +5,7 @@ Stopping rules the handle enforces:
 * ``wait()`` and iteration that are interrupted (Ctrl-C, SIGTERM, an exception in
   the consumer's loop, ``break``) cancel the run and wait for its workers (at most
   the run's ``grace`` plus the time to kill worker processes) before they re-raise.
+  A second Ctrl-C or SIGTERM during that wait stops the workers at once.
 * While a run is active, SIGTERM raises ``SystemExit(143)`` in the main thread, so
   that it unwinds through ``wait()`` like Ctrl-C does; with no active run it keeps
   its default action. The handler is installed only where SIGTERM had its default.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from types import FrameType, TracebackType
 
     from ._engine._local import LocalRun
-    from ._observe._stats import RunStats, WorkerStatus
+    from ._observe._stats import Failure, RunStats, WorkerStatus
 
 __all__ = ["Run"]
 
@@ -75,6 +77,10 @@ def _stop_all_at_exit() -> None:
         run.cancel()
     for run in runs:
         run.done.wait(run.grace + 35.0)
+    # then the launcher (if there is one), so that no process outlives this one
+    zygote = sys.modules.get("conveyor._workers._zygote")
+    if zygote is not None:
+        zygote.Zygote.shutdown_current()
 
 
 class Run(Generic[T]):
@@ -139,9 +145,17 @@ class Run(Generic[T]):
             raise err
 
     def _stop_and_join(self) -> None:
+        """Cancel and wait for the workers; a second Ctrl-C (or SIGTERM) while waiting
+        stops them at once: worker processes are killed, threads abandoned."""
         self._run.cancel()
-        self._run.done.wait(self._run.grace + 35.0)
-        self._stop_progress()
+        try:
+            self._run.done.wait(self._run.grace + 35.0)
+        except (KeyboardInterrupt, SystemExit):
+            self._run.hurry()
+            self._run.done.wait(35.0)
+            raise
+        finally:
+            self._stop_progress()
 
     def __iter__(self) -> Iterator[T]:
         """Stream the outputs of the last stage, in order unless it said otherwise.
@@ -188,6 +202,11 @@ class Run(Generic[T]):
     def done(self) -> bool:
         """Whether the run is over (every worker ended or given up on)."""
         return self._run.done.is_set()
+
+    @property
+    def failures(self) -> list[Failure]:
+        """Every item that failed for good so far: stage, item, error, traceback, attempts."""
+        return list(self._run.control.failures)
 
     @property
     def error(self) -> BaseException | None:

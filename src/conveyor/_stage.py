@@ -6,14 +6,50 @@ import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._workers._apply import is_stage_class, is_stage_object
+from ._workers._apply import ItemPolicy, is_stage_class, is_stage_object
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-__all__ = ["KINDS", "SourceSpec", "StageSpec", "check_stage_target", "default_stage_name"]
+__all__ = [
+    "KINDS",
+    "SourceSpec",
+    "StagePolicy",
+    "StageSpec",
+    "check_policy",
+    "check_stage_target",
+    "default_stage_name",
+]
 
 KINDS = ("thread", "process")
+
+
+@dataclass(frozen=True)
+class StagePolicy:
+    """What a stage does when an item fails, hangs, or kills its worker."""
+
+    on_error: str | Callable[[Any], object] = "raise"
+    """"raise" (stop the run), "skip" (record it in run.failures and go on), or a
+    function called with each Failure before it is recorded."""
+    retries: int = 0
+    backoff: float = 0.1
+    timeout: float | None = None
+    """Seconds an item may take; past it, a process worker is killed and replaced, a
+    thread worker is abandoned and replaced."""
+    max_crashes: int = 2
+    """Deliveries of one item that may kill a worker process before it counts as failed."""
+
+    @property
+    def item_policy(self) -> ItemPolicy:
+        return ItemPolicy(
+            retries=self.retries,
+            backoff=self.backoff,
+            skip=self.on_error != "raise",
+            track=self.timeout is not None,
+        )
+
+
+DEFAULT_POLICY = StagePolicy()
 
 
 @dataclass(frozen=True)
@@ -28,6 +64,7 @@ class StageSpec:
     maxsize: int | None
     ordered: bool
     producers: tuple[Callable[[], Iterable[Any]], ...] = ()
+    policy: StagePolicy = DEFAULT_POLICY
     payload: bytes | None = field(default=None, compare=False, repr=False)
     """For process stages: the target, pickled once at build time."""
 
@@ -78,6 +115,42 @@ def check_maxsize(value: object, stage: str) -> int | None:
             f"maxsize must be >= 1 (or None to let conveyor size it), got {value} (stage {stage!r})"
         )
     return value
+
+
+def check_policy(
+    stage: str,
+    on_error: object,
+    retries: object,
+    backoff: object,
+    timeout: object,
+    max_crashes: object,
+) -> StagePolicy:
+    if not (on_error in ("raise", "skip") or callable(on_error)):
+        raise ValueError(
+            f"on_error must be 'raise', 'skip' or a function called with each Failure, "
+            f"got {on_error!r} (stage {stage!r})"
+        )
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an int >= 0, got {retries!r} (stage {stage!r})")
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not backoff >= 0:
+        raise ValueError(
+            f"backoff must be a number of seconds >= 0, got {backoff!r} (stage {stage!r})"
+        )
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
+        raise ValueError(
+            f"timeout must be None or a number of seconds > 0, got {timeout!r} (stage {stage!r})"
+        )
+    if isinstance(max_crashes, bool) or not isinstance(max_crashes, int) or max_crashes < 1:
+        raise ValueError(f"max_crashes must be an int >= 1, got {max_crashes!r} (stage {stage!r})")
+    return StagePolicy(
+        on_error=on_error,
+        retries=retries,
+        backoff=float(backoff),
+        timeout=None if timeout is None else float(timeout),
+        max_crashes=max_crashes,
+    )
 
 
 def check_kind(kind: object, stage: str) -> str:

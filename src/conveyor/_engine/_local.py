@@ -130,6 +130,7 @@ class LocalRun:
         self._stages: list[StageRuntime] = []
         self._source: _SourceFeeder | None = None
         self._wake = threading.Event()
+        self._hurry = threading.Event()
         self._lock = threading.Lock()
         self._unfinished = len(stages) + (1 if source is not None else 0)
         self.control.on_stop(self._on_stop)
@@ -190,7 +191,7 @@ class LocalRun:
     def _kind(self, kind: str) -> WorkerKind:
         wk = self._kinds.get(kind)
         if wk is None:
-            wk = self._kinds[kind] = load_kind(kind)(self.control.stop)
+            wk = self._kinds[kind] = load_kind(kind)(self.control.stop, self._adopt)
         return wk
 
     # -- running ----------------------------------------------------------------
@@ -208,6 +209,39 @@ class LocalRun:
             h.start()
         # after the workers: a run that fails at once must not join unstarted threads
         threading.Thread(target=self._supervise, name=f"conveyor-{self.name}", daemon=True).start()
+        timeouts = {
+            rt.name: rt.spec.policy.timeout for rt in self._stages if rt.spec.policy.timeout
+        }
+        if timeouts:
+            threading.Thread(
+                target=self._watch,
+                args=(timeouts,),
+                name=f"conveyor-{self.name}-watchdog",
+                daemon=True,
+            ).start()
+
+    def _adopt(self, handle: WorkerHandle) -> None:
+        """A worker started while the run goes on (it replaces an abandoned one)."""
+        with self._lock:
+            self._handles.append(handle)
+        handle.start()
+
+    def handles(self) -> list[WorkerHandle]:
+        with self._lock:
+            return list(self._handles)
+
+    def _watch(self, timeouts: dict[str, float]) -> None:
+        """The timeout watchdog: looks at every worker of the stages that have a
+        timeout, often enough to notice an item past it within a tenth of it."""
+        interval = min(0.25, max(0.005, min(timeouts.values()) / 10))
+        while not self.done.wait(interval):
+            if self.control.stopping:
+                return
+            now = time.monotonic()
+            for h in self.handles():
+                timeout = timeouts.get(h.slot.stage)
+                if timeout is not None and h.slot.alive and not h.slot.abandoned:
+                    h.check_timeout(now, timeout)
 
     def _stage_finished(self) -> None:
         with self._lock:
@@ -239,21 +273,31 @@ class LocalRun:
             if self.finished_ok:
                 self.control.finish()
         if self.finished_ok:
-            for h in self._handles:
-                h.join()
+            for h in self.handles():
+                if not h.slot.abandoned:  # abandoned past a timeout: never waited for
+                    h.join()
         else:
             stopped_at = self.control.stopped_at or time.monotonic()
             deadline = stopped_at + self.grace
-            for h in self._handles:
-                h.join(max(0.0, deadline - time.monotonic()))
-            for h in self._handles:
+            # the workers finish their current item, until the grace period is over or
+            # somebody insists (a second Ctrl-C)
+            while any(h.thread_alive() for h in self.handles()):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._hurry.wait(min(left, 0.02)):
+                    break
+            for h in self.handles():
                 h.kill()  # processes die; threads still in user code are abandoned
-            for h in self._handles:
+            for h in self.handles():
                 if not h.slot.abandoned:
                     h.join(30.0)
 
     def cancel(self) -> bool:
         return self.control.fail(Cancelled(f"run {self.name!r} was cancelled"))
+
+    def hurry(self) -> None:
+        """Stop now: no more grace for the workers' current items."""
+        self.cancel()
+        self._hurry.set()
 
     # -- reporting ----------------------------------------------------------------
 
@@ -291,6 +335,9 @@ class LocalRun:
                     queue_size=inbox.qsize() if inbox is not None else 0,
                     queue_maxsize=inbox.maxsize if inbox is not None else 0,
                     elapsed_seconds=elapsed,
+                    retried=sum(s.retried for s in slots),
+                    restarts=sum(s.restarts for s in slots),
+                    duplicates=sum(s.duplicates for s in slots),
                 )
             )
         return RunStats(self.name, self.state, elapsed, tuple(stages))

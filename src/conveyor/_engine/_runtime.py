@@ -32,14 +32,16 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._errors import Closed
+from .._errors import Closed, PipelineError, StageError, item_repr
+from .._observe._stats import Failure
+from .._workers._apply import describe_exception
 from .._workers._base import Stopping, WorkerSlot
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._channels._memory import MemoryChannel
-    from .._stage import StageSpec
+    from .._stage import StagePolicy, StageSpec
 
 __all__ = ["BatchSizer", "RunControl", "StageRuntime", "Stopping", "WorkerSlot"]
 
@@ -56,6 +58,7 @@ class RunControl:
         self._on_stop: list[Callable[[], None]] = []
         self._finished = False
         self.stopped_at: float | None = None
+        self.failures: list[Failure] = []
 
     @property
     def stopping(self) -> bool:
@@ -67,6 +70,10 @@ class RunControl:
                 self._on_stop.append(callback)
                 return
         callback()
+
+    def record(self, failure: Failure) -> None:
+        with self._lock:
+            self.failures.append(failure)
 
     def finish(self) -> None:
         """Every stage finished: from now on nothing can fail or cancel the run."""
@@ -164,6 +171,33 @@ class StageRuntime:
     @property
     def stop(self) -> list[bool]:
         return self.control.stop
+
+    @property
+    def policy(self) -> StagePolicy:
+        return self.spec.policy
+
+    def item_failed(
+        self, slot: WorkerSlot, item: Any, error: BaseException, tb: str, attempts: int
+    ) -> None:
+        """An item failed for good (after its retries): record it, then stop the run
+        (on_error="raise") or go on. ``error`` is the function's own exception, or a
+        WorkerCrashed or ItemTimeout (these are errors of the run already)."""
+        slot.failed += 1
+        failure = Failure(self.name, item, error, tb, attempts, slot.name)
+        self.control.record(failure)
+        on_error = self.spec.policy.on_error
+        if on_error == "skip":
+            return
+        if callable(on_error):
+            try:
+                on_error(failure)
+                return
+            except BaseException as exc:
+                error, tb = exc, describe_exception(exc)
+        if isinstance(error, PipelineError):
+            self.control.fail(error)
+        else:
+            self.control.fail(StageError(self.name, slot.name, item_repr(item), error, tb))
 
     def fail(self, error: BaseException) -> None:
         self.control.fail(error)
@@ -296,6 +330,12 @@ class StageRuntime:
         slot.set_state(prev)
 
     # -- lifecycle ----------------------------------------------------------
+
+    def add_worker(self, slot: WorkerSlot) -> None:
+        """A worker joins the stage while it runs (it replaces an abandoned one)."""
+        with self._cond:
+            self._live += 1
+            self.slots.append(slot)
 
     def worker_done(self) -> None:
         """A worker left (input exhausted, or the run stopping). The last one closes

@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["RunStats", "StageStats", "WorkerStatus"]
+__all__ = ["Failure", "RunStats", "StageStats", "WorkerStatus"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An item that failed for good (``run.failures``), after its retries."""
+
+    stage: str
+    item: Any
+    """The object the stage received (not a copy of its repr)."""
+    error: BaseException
+    """What went wrong: the function's exception, WorkerCrashed, or ItemTimeout."""
+    traceback: str
+    """The worker's traceback text (for a thread past its timeout: its stack then)."""
+    attempts: int
+    """How many times the item was tried."""
+    worker: str
+
+    def __repr__(self) -> str:
+        from .._errors import item_repr
+
+        return (
+            f"Failure(stage={self.stage!r}, item={item_repr(self.item)}, "
+            f"error={self.error!r}, attempts={self.attempts}, worker={self.worker!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -30,6 +54,7 @@ class WorkerStatus:
     state_seconds: float
     """How long it has been in that state."""
     items_done: int
+    """Items it processed without failing."""
     abandoned: bool = False
     """A thread still running user code after the run stopped without it."""
 
@@ -46,12 +71,22 @@ class StageStats:
     items_out: int
     """Items passed on (for a sink: items consumed)."""
     failed: int
+    """Items that failed for good (see ``run.failures``)."""
     busy_seconds: float
     """Time the workers spent running the stage's function, summed over workers."""
     queue_size: int
     """Items waiting in the stage's input now."""
     queue_maxsize: int
     elapsed_seconds: float
+    retried: int = 0
+    """Re-runs: retries after an exception, and deliveries again after a worker died or
+    timed out."""
+    restarts: int = 0
+    """Workers replaced (a worker process that died or was killed for a timeout, a
+    thread worker abandoned past its timeout)."""
+    duplicates: int = 0
+    """Outputs passed on twice: outputs a worker had streamed before it died, which its
+    items' second delivery produced again (at-least-once, only for crashed workers)."""
 
     @property
     def rate(self) -> float:

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 import traceback
+from dataclasses import dataclass
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +38,10 @@ __all__ = [
     "OPS",
     "Abort",
     "ItemFailed",
+    "ItemPolicy",
+    "Outcome",
     "Processor",
+    "Progress",
     "StopFlag",
     "describe_exception",
     "stream_into",
@@ -62,14 +67,59 @@ class Abort(BaseException):
 
 
 class ItemFailed(Exception):
-    """The stage's function raised on ``items[index]``; ``results`` holds what came before."""
+    """The stage's function raised on ``items[index]`` (``attempts`` times, retries
+    included); ``results`` holds what came before."""
 
-    def __init__(self, index: int, error: BaseException, results: list[Any]) -> None:
+    def __init__(
+        self, index: int, error: BaseException, results: list[Any], attempts: int = 1
+    ) -> None:
         super().__init__(index, error)
         self.index = index
         self.error = error
         self.results = results
+        self.attempts = attempts
         self.traceback = describe_exception(error)
+
+
+@dataclass(frozen=True)
+class ItemPolicy:
+    """What a worker must know of its stage's error handling."""
+
+    retries: int = 0
+    """Re-runs of an item whose function raised, after a pause that doubles each time."""
+    backoff: float = 0.1
+    """Seconds before the first re-run."""
+    skip: bool = False
+    """Go on after an item failed for good (on_error is "skip" or a callable)."""
+    track: bool = False
+    """Report when each item starts (the stage has a timeout)."""
+
+    @property
+    def careful(self) -> bool:
+        """Whether the per-item loop is needed (the fast loops do none of this)."""
+        return self.retries > 0 or self.skip or self.track
+
+
+class Progress(Protocol):
+    """Where a worker says which item it is on, for the timeout watchdog."""
+
+    def begin(self, index: int, attempt: int) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class Outcome(NamedTuple):
+    """What the careful loop returns."""
+
+    results: list[Any]
+    """Results not yet emitted."""
+    done: int
+    """Items processed (failed ones included)."""
+    failures: list[ItemFailed]
+    sizes: list[int]
+    """Results per processed item, to find the item behind a result."""
+    reruns: int
+    """Retries made."""
 
 
 def describe_exception(error: BaseException) -> str:
@@ -88,13 +138,26 @@ _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # 
 class Processor:
     """One worker's instance of a stage."""
 
-    def __init__(self, op: str, target: Any, stop: StopFlag, stream_chunk: int = STREAM_CHUNK):
+    def __init__(
+        self,
+        op: str,
+        target: Any,
+        stop: StopFlag,
+        stream_chunk: int = STREAM_CHUNK,
+        policy: ItemPolicy | None = None,
+        progress: Progress | None = None,
+    ):
         if op not in OPS:
             raise ValueError(f"unknown op {op!r}")
         self.op = op
         self.target = target
         self.stop = stop
         self.stream_chunk = stream_chunk
+        self.policy = policy or ItemPolicy()
+        self.progress = progress
+        self.current_out: list[Any] = []
+        self.current_sizes: list[int] = []
+        self._reruns = 0
         self._obj: Any = None
         self.fn: Callable[[Any], Any] = target
 
@@ -215,6 +278,101 @@ class Processor:
         except BaseException as exc:
             raise ItemFailed(done, exc, out) from None
         return out, done
+
+    # -- the careful loop: retries, skipping, per-item progress --------------------
+
+    def apply_careful(self, items: Sequence[Any]) -> Outcome:
+        """Run the stage over ``items`` item by item, with the stage's retries; a failed
+        item is recorded and the batch goes on (``skip``), or ItemFailed is raised.
+
+        Outputs are not streamed: an item's outputs are kept until it succeeds, so
+        that a retried item never passes on the outputs of a failed attempt twice.
+        """
+        fn, stop, progress = self.fn, self.stop, self.progress
+        out: list[Any] = []
+        sizes: list[int] = []
+        # the watchdog reads these to hand a stuck worker's batch over to another
+        self.current_out, self.current_sizes = out, sizes
+        failures: list[ItemFailed] = []
+        self._reruns = 0
+        append, extend, size = out.append, out.extend, sizes.append
+        mapping = self.op == "map"
+        try:
+            for index, item in enumerate(items):
+                if stop[0]:
+                    break
+                if progress is not None:
+                    progress.begin(index, 1)
+                try:
+                    if mapping:  # the common case, without a list per item
+                        append(fn(item))
+                        size(1)
+                        continue
+                    got = self._outputs(item)
+                except Abort:
+                    raise
+                except BaseException as exc:
+                    got = self._again(index, item, exc, out, failures)
+                extend(got)
+                size(len(got))
+        finally:
+            if progress is not None:
+                progress.end()
+        return Outcome(out, len(sizes), failures, sizes, self._reruns)
+
+    def _outputs(self, item: Any) -> list[Any]:
+        """The outputs of one item, kept until it succeeds."""
+        op, fn = self.op, self.fn
+        if op == "map":
+            return [fn(item)]
+        if op == "filter":
+            return [item] if fn(item) else []
+        if op == "sink":
+            fn(item)
+            return []
+        if op == "produce":
+            return list(_iterate(item(), item))
+        return list(_iterate(fn(item), fn))
+
+    def _again(
+        self,
+        index: int,
+        item: Any,
+        error: BaseException,
+        out: list[Any],
+        failures: list[ItemFailed],
+    ) -> list[Any]:
+        """An item raised: retry it (after a pause that doubles), then give up on it."""
+        policy, progress = self.policy, self.progress
+        attempt = 1
+        while attempt <= policy.retries and not self.stop[0]:
+            self._reruns += 1
+            if progress is not None:
+                progress.end()
+            self._pause(policy.backoff * 2 ** (attempt - 1))
+            attempt += 1
+            if progress is not None:
+                progress.begin(index, attempt)
+            try:
+                return self._outputs(item)
+            except Abort:
+                raise
+            except BaseException as exc:
+                error = exc
+        failed = ItemFailed(index, error, out, attempt)
+        if not policy.skip:
+            raise failed from None
+        failures.append(failed)
+        return []
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep before a retry, waking early if the run stops."""
+        deadline = monotonic() + seconds
+        while not self.stop[0]:
+            left = deadline - monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
 
 
 def stream_into(

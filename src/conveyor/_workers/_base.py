@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from ._apply import Abort
 
 if TYPE_CHECKING:
-    from .._stage import StageSpec
+    from collections.abc import Callable
+
+    from .._stage import StagePolicy, StageSpec
 
 __all__ = [
     "StageFeed",
@@ -54,7 +56,16 @@ class WorkerSlot:
     items_done: int = 0
     failed: int = 0
     busy_s: float = 0.0
+    retried: int = 0
+    restarts: int = 0
+    replaced_at: float = 0.0
+    """monotonic() when its latest replacement was ready."""
+    duplicates: int = 0
     abandoned: bool = False
+    item_index: int = -1
+    """Index in its batch of the item being processed, when the stage has a timeout."""
+    item_started: float = 0.0
+    """monotonic() when that item started; 0 between items."""
     feeder_state: str = ""
     """What a process worker's feeder thread waits for (its collector writes ``state``)."""
 
@@ -81,6 +92,9 @@ class StageFeed(Protocol):
     @property
     def stop(self) -> list[bool]: ...
 
+    @property
+    def policy(self) -> StagePolicy: ...
+
     def take(self, slot: WorkerSlot, report: bool = True) -> tuple[int, list[Any]] | None: ...
 
     def partial(self, seq: int, chunk: list[Any], slot: WorkerSlot) -> None: ...
@@ -91,7 +105,13 @@ class StageFeed(Protocol):
 
     def fail(self, error: BaseException) -> None: ...
 
+    def item_failed(
+        self, slot: WorkerSlot, item: Any, error: BaseException, tb: str, attempts: int
+    ) -> None: ...
+
     def worker_done(self) -> None: ...
+
+    def add_worker(self, slot: WorkerSlot) -> None: ...
 
 
 class WorkerHandle(ABC):
@@ -111,6 +131,14 @@ class WorkerHandle(ABC):
         """Stop the worker now, without waiting for its current item (a process is
         killed; a thread cannot be, so it is abandoned and named in the report)."""
 
+    @abstractmethod
+    def thread_alive(self) -> bool:
+        """Whether the worker's thread in this process is still running."""
+
+    def check_timeout(self, now: float, timeout: float) -> None:  # noqa: B027 (optional)
+        """Called by the run's watchdog when the stage has a timeout: act on an item
+        that has run for longer than ``timeout`` seconds."""
+
 
 class ThreadHandle(WorkerHandle):
     """A worker driven by one thread of this process (``self.thread``): a thread
@@ -126,6 +154,9 @@ class ThreadHandle(WorkerHandle):
         self.thread.join(timeout)
         return not self.thread.is_alive()
 
+    def thread_alive(self) -> bool:
+        return self.thread.is_alive()
+
     def kill(self) -> None:
         if self.thread.is_alive():
             self.slot.abandoned = True
@@ -136,8 +167,12 @@ class WorkerKind(ABC):
 
     kind: ClassVar[str]
 
-    def __init__(self, stop: list[bool]) -> None:
+    def __init__(
+        self, stop: list[bool], adopt: Callable[[WorkerHandle], None] | None = None
+    ) -> None:
         self.stop = stop
+        self.adopt = adopt
+        """Hands a worker started during the run (a replacement) to the engine."""
 
     @abstractmethod
     def worker(self, feed: StageFeed, slot: WorkerSlot) -> WorkerHandle: ...

@@ -17,16 +17,16 @@ import os
 import signal
 import sys
 from collections import deque
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Any
 
 from . import _protocol as P
-from ._apply import Abort, ItemFailed, Processor, describe_exception
+from ._apply import Abort, ItemFailed, ItemPolicy, Processor, describe_exception
 from ._context import WorkerInfo, set_current_worker
 from ._serialize import dumps_items, first_unpicklable, loads
 from ._wire import Wire
 
-CTRL_SIZE = mmap.PAGESIZE
+CTRL_SIZE = P.CTRL_SIZE
 
 
 class ResultUnpicklable(TypeError):
@@ -37,6 +37,9 @@ class ResultUnpicklable(TypeError):
         )
         self.index = index
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TypeError, self.args)  # the main process sees the TypeError it is
+
 
 def dump_results(results: list[Any]) -> bytes:
     try:
@@ -45,6 +48,16 @@ def dump_results(results: list[Any]) -> bytes:
         found = first_unpicklable(results)
         index, cause = found if found is not None else (0, exc)
         raise ResultUnpicklable(index, cause) from None
+
+
+def item_of_result(sizes: list[int], position: int) -> tuple[int, int]:
+    """The item that produced ``results[position]``, and where its results start."""
+    start = 0
+    for index, n in enumerate(sizes):
+        if position < start + n:
+            return index, start
+        start += n
+    raise IndexError(position)
 
 
 class _StopNow(Abort):
@@ -68,9 +81,8 @@ def main(fds: list[int], parent: int) -> int:
     conn = Wire.from_fd(data_fd)
     ctrl = mmap.mmap(ctrl_fd, CTRL_SIZE)
     os.close(ctrl_fd)
-    stop = memoryview(ctrl)
     try:
-        return Worker(conn, stop).serve()
+        return Worker(conn, ctrl).serve()
     except (EOFError, OSError):
         return 3  # the engine went away
     finally:
@@ -81,10 +93,30 @@ def main(fds: list[int], parent: int) -> int:
                 pass
 
 
+class ShmProgress:
+    """Writes the item being processed, and since when, into this worker's slot of the
+    run's control memory, where the engine's timeout watchdog reads it."""
+
+    def __init__(self, ctrl: mmap.mmap, slot: int) -> None:
+        base = P.progress_offset(slot) // 8  # the slot is 8-byte aligned: index, then time
+        self.index = memoryview(ctrl).cast("q")
+        self.started = memoryview(ctrl).cast("d")
+        self.i, self.t = base, base + 1
+
+    def begin(self, index: int, attempt: int) -> None:
+        self.index[self.i] = index
+        self.started[self.t] = monotonic()
+
+    def end(self) -> None:
+        self.started[self.t] = 0.0
+        self.index[self.i] = -1
+
+
 class Worker:
-    def __init__(self, conn: Wire, stop: memoryview) -> None:
+    def __init__(self, conn: Wire, ctrl: mmap.mmap) -> None:
         self.conn = conn
-        self.stop = stop
+        self.ctrl = ctrl
+        self.stop = memoryview(ctrl)
         self.inbox: deque[bytearray] = deque()  # messages read while waiting for an ACK
 
     def send(self, head: bytes, body: bytes = b"") -> None:
@@ -115,9 +147,11 @@ class Worker:
                     pass
         info = WorkerInfo(init["name"], init["stage"], init["index"], "process")
         set_current_worker(info, whole_process=True)
+        policy: ItemPolicy = init["policy"]
+        progress = ShmProgress(self.ctrl, init["slot"]) if policy.track else None
         try:
             target = loads(init["payload"])
-            proc = Processor(init["op"], target, self.stop)
+            proc = Processor(init["op"], target, self.stop, policy=policy, progress=progress)
             proc.setup()
         except BaseException as exc:
             self.fail(P.NO_SEQ, 0, exc, "setup")
@@ -151,9 +185,12 @@ class Worker:
             try:
                 items = loads(memoryview(msg)[P.SEQ.size :])
             except BaseException as exc:
-                self.fail(seq, 0, exc, "unpickle-items")
+                self.fail(seq, P.NO_SEQ, exc, "unpickle-items")  # which item: the engine finds out
                 continue
-            self.batch(proc, seq, items)
+            if proc.policy.careful:
+                self.careful_batch(proc, seq, items)
+            else:
+                self.batch(proc, seq, items)
 
     def batch(self, proc: Processor, seq: int, items: list[Any]) -> None:
         def emit(chunk: list[Any]) -> None:
@@ -172,7 +209,40 @@ class Worker:
             self.fail(seq, exc.index if proc.op == "map" else P.NO_SEQ, exc, "pickle-result")
             return
         dt = perf_counter() - t0
-        self.send(P.DONE.pack(P.RESULT, seq, done, dt), payload)
+        self.send(P.DONE.pack(P.RESULT, seq, done, dt, 0, 0), payload)
+
+    def careful_batch(self, proc: Processor, seq: int, items: list[Any]) -> None:
+        """Item by item, with retries; failed items are reported with the results."""
+        t0 = perf_counter()
+        try:
+            out = proc.apply_careful(items)
+        except ItemFailed as f:
+            self.fail(seq, f.index, f.error, "process")
+            return
+        dt = perf_counter() - t0
+        failures = [(f.index, f.traceback, f.attempts, f.error) for f in out.failures]
+        results = out.results
+        while True:
+            try:
+                payload = dump_results(results)
+                break
+            except ResultUnpicklable as exc:
+                # drop the outputs of the item behind the bad result, and report it
+                index, start = item_of_result(out.sizes, exc.index)
+                if not proc.policy.skip:
+                    self.fail(seq, index, exc, "pickle-result")
+                    return
+                failures.append((index, describe_exception(exc), 1, exc))
+                results = results[:start] + results[start + out.sizes[index] :]
+                out.sizes[index] = 0
+        if failures:
+            reports = [
+                (index, P.error_report(error, tb, "process"), attempts)
+                for index, tb, attempts, error in failures
+            ]
+            payload = dumps_items((payload, reports))
+        head = P.DONE.pack(P.RESULT, seq, out.done, dt, len(failures), out.reruns)
+        self.send(head, payload)
 
     def wait_ack(self) -> None:
         while True:

@@ -17,7 +17,8 @@ worker → engine::
     READY    setup() done, pid
     FAILED   seq, index, pickled error report (setup/teardown failures use seq=NO_SEQ)
     PARTIAL  seq, pickled chunk of streamed output (then the worker waits for ACK)
-    RESULT   seq, items done, seconds of work, pickled rest of the output
+    RESULT   seq, items done, seconds of work, failures, retries; pickled rest of the
+             output (with failures: the pickled output and a report per failed item)
     BYE      teardown() done; the worker exits next
 """
 
@@ -36,7 +37,21 @@ NO_SEQ = 2**64 - 1
 TAG = struct.Struct("<B")
 SEQ = struct.Struct("<BQ")  # tag, seq
 FAIL = struct.Struct("<BQQ")  # tag, seq, index
-DONE = struct.Struct("<BQQd")  # tag, seq, items done, seconds
+DONE = struct.Struct("<BQQdII")  # tag, seq, items done, seconds, failures, retries
+# With failures, a RESULT's pickle is (pickled results, [(index, report, attempts)]).
+
+# The run's control memory: byte 0 is the stop flag; each worker process has a slot
+# where it writes the item it is on and since when (for the timeout watchdog).
+CTRL_SIZE = 1 << 20
+PROGRESS = struct.Struct("<qd")  # index in the batch (-1: none), monotonic() at its start
+_PROGRESS_BASE = 64
+
+
+def progress_offset(slot: int) -> int:
+    return _PROGRESS_BASE + slot * PROGRESS.size
+
+
+MAX_SLOTS = (CTRL_SIZE - _PROGRESS_BASE) // PROGRESS.size
 
 
 def error_report(error: BaseException, tb: str, phase: str) -> bytes:

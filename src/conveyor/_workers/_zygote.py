@@ -197,6 +197,27 @@ class Zygote:
         self._reader = threading.Thread(target=self._read, name="conveyor-zygote", daemon=True)
         self._reader.start()
 
+    @classmethod
+    def shutdown_current(cls, timeout: float = 2.0) -> None:
+        """At interpreter exit, once the runs are stopped: see :meth:`shutdown`."""
+        z = cls._instance
+        if z is not None:
+            z.shutdown(timeout)
+
+    def shutdown(self, timeout: float = 2.0) -> None:
+        """Close our end, so that the zygote kills what it still has and exits, and
+        wait for it, so that no process outlives this one."""
+        if self.pid != os.getpid():
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
     def _read(self) -> None:
         try:
             while True:

@@ -317,3 +317,25 @@ def test_a_signal_stops_an_endless_run(
     assert took < 10, f"took {took:.1f}s to exit:\n{err}"
     assert "run 'endless': cancelled in" in err
     assert err.rstrip().endswith(message)
+
+
+def test_run_lists_the_failed_items(tmp_path: Path) -> None:
+    (tmp_path / "skipper.py").write_text(
+        "import conveyor as cv\n"
+        "def check(x):\n"
+        "    if x % 4 == 0:\n"
+        "        raise ValueError(f'bad {x}')\n"
+        "    return x\n"
+        "pipeline = cv.Pipeline().source(range(10)).map(check, on_error='skip')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "conveyor", "run", "skipper:pipeline", "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "3 item(s) failed:" in proc.stderr
+    assert "item=0" in proc.stderr
+    assert "ValueError('bad 8')" in proc.stderr

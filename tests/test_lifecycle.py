@@ -159,3 +159,43 @@ def test_launcher_exits_with_its_process_even_if_that_process_forked(tmp_path: P
         assert alive(child)
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+SLOW_SCRIPT = """
+import itertools, json, os, time
+import conveyor as cv
+from conveyor._workers._zygote import Zygote
+from conveyor.testing import wait_until
+
+def slow(x):
+    time.sleep(30)
+    return x
+
+p = cv.Pipeline().source(itertools.count()).map(slow, workers=2, kind="process", name="slow")
+run = p.run(grace=60)
+wait_until(lambda: all(w.state == "busy" for w in run.workers() if w.stage == "slow"))
+pids = [w.pid for w in run.workers() if w.kind == "process"]
+print(json.dumps({"workers": pids, "zygote": Zygote.get().process.pid}), flush=True)
+for x in run:
+    pass
+"""
+
+
+def test_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
+    script = tmp_path / "slow.py"
+    script.write_text(textwrap.dedent(SLOW_SCRIPT))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    info = json.loads(proc.stdout.readline())
+    proc.send_signal(signal.SIGINT)  # first: finish the items in flight (30 s; grace 60 s)
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=1.0)  # it is waiting for them, as it should
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)  # second: now
+    proc.wait(timeout=15)
+    _, stderr = proc.communicate()
+    assert time.monotonic() - t0 < 5
+    assert proc.returncode == -signal.SIGINT, stderr
+    assert_all_gone(info["workers"])

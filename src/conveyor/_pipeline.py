@@ -270,7 +270,8 @@ class Pipeline(Generic[T]):
         * ``on_error="raise"`` then stops the run (``wait()`` raises StageError),
           ``"skip"`` records it in ``run.failures`` and goes on, and a function is
           called with each :class:`Failure` and then goes on (if it raises, the run
-          stops);
+          stops); it is called in the main process, from the engine's threads, maybe
+          several at once;
         * ``timeout=`` seconds bounds each item: past it, a worker process is killed
           and replaced, a thread worker is abandoned and replaced, and the item
           counts as a failed attempt (ItemTimeout);

@@ -566,6 +566,14 @@ def preimport(case: Case) -> None:
         __import__(module)
     if "joblib" in case.needs:
         import joblib.externals.loky  # noqa: F401
+    if "conveyor" in case.needs:
+        # `import conveyor` is lazy: load what a run uses, as `import pypeln` does
+        import cloudpickle  # noqa: F401
+
+        import conveyor._engine._local
+        import conveyor._run
+        import conveyor._workers._process
+        import conveyor._workers._thread  # noqa: F401
 
 
 def stop_helpers(case: Case) -> None:

@@ -15,18 +15,19 @@ Stopping rules the handle enforces:
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ._errors import Closed
 from ._workers._base import Stopping
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator, Iterator
     from types import FrameType, TracebackType
 
     from ._engine._local import LocalRun
@@ -81,6 +82,17 @@ def _stop_all_at_exit() -> None:
     zygote = sys.modules.get("conveyor._workers._zygote")
     if zygote is not None:
         zygote.Zygote.shutdown_current()
+
+
+class _Outputs(itertools.chain[T]):
+    """The iterator of a run's outputs. They come in chunks, and chain walks each chunk
+    in C: one Python-level step per chunk, not per item. Closing it (or dropping it
+    before the end) closes the chunk generator, which cancels the run."""
+
+    source: Generator[list[T], None, None]
+
+    def close(self) -> None:
+        self.source.close()
 
 
 class Run(Generic[T]):
@@ -163,6 +175,12 @@ class Run(Generic[T]):
         When the loop ends, the run is over and its workers are gone. Leaving the
         loop early (``break``, an exception) cancels the run.
         """
+        chunks = self._chunks()
+        outputs = cast("_Outputs[T]", _Outputs.from_iterable(chunks))
+        outputs.source = chunks
+        return outputs
+
+    def _chunks(self) -> Generator[list[T], None, None]:
         out = self._run.output
         if out is None:
             self.wait()
@@ -174,7 +192,7 @@ class Run(Generic[T]):
                     chunk = out.get_many(1 << 16)
                 except (Closed, Stopping):
                     break
-                yield from chunk
+                yield chunk
         except BaseException:
             self._stop_and_join()
             raise

@@ -324,3 +324,19 @@ def test_many_threads() -> None:
     out = list(cv.Pipeline().source(range(400)).map(note, workers=32))
     assert out == list(range(400))
     assert len(seen) > 1
+
+
+def test_fixed_batch_size(kind: str) -> None:
+    run = cv.Pipeline().source(range(100)).map(double, kind=kind, batch_size=7, name="b").run()
+    assert list(run) == [2 * x for x in range(100)]
+    stage = run._run._stages[0]  # white box: the engine kept the size it was given
+    assert stage.batch_size() == 7
+    assert run.stats()["b"].queue_maxsize >= 7
+
+
+def test_batch_size_validation() -> None:
+    p = cv.Pipeline().source([1])
+    with pytest.raises(ValueError, match="batch_size must be"):
+        p.map(double, batch_size=0)
+    with pytest.raises(ValueError, match=r"batch_size \(8\) cannot be larger than maxsize \(4\)"):
+        p.map(double, batch_size=8, maxsize=4)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 from ._stage import (
     SourceSpec,
     StageSpec,
+    check_batch_size,
     check_kind,
     check_maxsize,
     check_policy,
@@ -93,6 +94,7 @@ class Pipeline(Generic[T]):
         backoff: float = 0.1,
         timeout: float | None = None,
         max_crashes: int = 2,
+        batch_size: int | None = None,
     ) -> Pipeline[Any]:
         """Where items come from: one iterable, or one or more producer functions.
 
@@ -150,6 +152,7 @@ class Pipeline(Generic[T]):
         ordered: bool,
         name: str | None,
         policy_args: tuple[object, object, object, object, object],
+        batch_size: int | None = None,
     ) -> Pipeline[Any]:
         if self._source is None and not self._stages:
             raise ValueError(f"add a source before .{op}(): Pipeline().source(items).{op}(...)")
@@ -166,12 +169,22 @@ class Pipeline(Generic[T]):
         if not isinstance(ordered, bool):
             raise TypeError(f"ordered must be True or False, got {ordered!r} (stage {stage!r})")
         policy = check_policy(stage, *policy_args)
+        batch_size = check_batch_size(batch_size, maxsize, stage)
         payload = None
         if kind == "process":
             _start_launcher()
             payload = check_sendable(fn, stage)
         spec = StageSpec(
-            stage, op, fn, workers, kind, maxsize, ordered, policy=policy, payload=payload
+            stage,
+            op,
+            fn,
+            workers,
+            kind,
+            maxsize,
+            ordered,
+            policy=policy,
+            batch_size=batch_size,
+            payload=payload,
         )
         return self._extend(None, spec)
 
@@ -205,6 +218,7 @@ class Pipeline(Generic[T]):
         backoff: float = ...,
         timeout: float | None = ...,
         max_crashes: int = ...,
+        batch_size: int | None = ...,
     ) -> Pipeline[U]: ...
 
     @overload
@@ -222,6 +236,7 @@ class Pipeline(Generic[T]):
         backoff: float = ...,
         timeout: float | None = ...,
         max_crashes: int = ...,
+        batch_size: int | None = ...,
     ) -> Pipeline[U]: ...
 
     @overload
@@ -239,6 +254,7 @@ class Pipeline(Generic[T]):
         backoff: float = ...,
         timeout: float | None = ...,
         max_crashes: int = ...,
+        batch_size: int | None = ...,
     ) -> Pipeline[U]: ...
 
     def map(
@@ -255,6 +271,7 @@ class Pipeline(Generic[T]):
         backoff: float = 0.1,
         timeout: float | None = None,
         max_crashes: int = 2,
+        batch_size: int | None = None,
     ) -> Pipeline[Any]:
         """Apply ``fn`` to every item, on ``workers`` workers of ``kind``.
 
@@ -278,6 +295,9 @@ class Pipeline(Generic[T]):
         * an item whose delivery killed the worker process is delivered again, alone,
           to a new worker; once it has killed ``max_crashes`` workers it fails with
           WorkerCrashed.
+
+        ``batch_size=`` fixes how many items a worker takes at once; by default
+        conveyor sizes batches from the time and size of the items it measures.
         """
         return self._stage(
             "map",
@@ -288,6 +308,7 @@ class Pipeline(Generic[T]):
             ordered,
             name,
             (on_error, retries, backoff, timeout, max_crashes),
+            batch_size,
         )
 
     def filter(
@@ -304,6 +325,7 @@ class Pipeline(Generic[T]):
         backoff: float = 0.1,
         timeout: float | None = None,
         max_crashes: int = 2,
+        batch_size: int | None = None,
     ) -> Pipeline[T]:
         """Keep the items for which ``pred(item)`` is true."""
         return self._stage(
@@ -315,6 +337,7 @@ class Pipeline(Generic[T]):
             ordered,
             name,
             (on_error, retries, backoff, timeout, max_crashes),
+            batch_size,
         )
 
     @overload
@@ -332,6 +355,7 @@ class Pipeline(Generic[T]):
         backoff: float = ...,
         timeout: float | None = ...,
         max_crashes: int = ...,
+        batch_size: int | None = ...,
     ) -> Pipeline[U]: ...
 
     @overload
@@ -349,6 +373,7 @@ class Pipeline(Generic[T]):
         backoff: float = ...,
         timeout: float | None = ...,
         max_crashes: int = ...,
+        batch_size: int | None = ...,
     ) -> Pipeline[U]: ...
 
     @overload
@@ -366,6 +391,7 @@ class Pipeline(Generic[T]):
         backoff: float = ...,
         timeout: float | None = ...,
         max_crashes: int = ...,
+        batch_size: int | None = ...,
     ) -> Pipeline[U]: ...
 
     def flat_map(
@@ -382,6 +408,7 @@ class Pipeline(Generic[T]):
         backoff: float = 0.1,
         timeout: float | None = None,
         max_crashes: int = 2,
+        batch_size: int | None = None,
     ) -> Pipeline[Any]:
         """Pass on every element of the iterable ``fn(item)`` returns (streamed: a
         generator's elements go on while it runs)."""
@@ -394,6 +421,7 @@ class Pipeline(Generic[T]):
             ordered,
             name,
             (on_error, retries, backoff, timeout, max_crashes),
+            batch_size,
         )
 
     def sink(
@@ -409,6 +437,7 @@ class Pipeline(Generic[T]):
         backoff: float = 0.1,
         timeout: float | None = None,
         max_crashes: int = 2,
+        batch_size: int | None = None,
     ) -> Pipeline[None]:
         """The terminal consumer: call ``fn`` on every item; its return values are dropped."""
         return self._stage(
@@ -420,6 +449,7 @@ class Pipeline(Generic[T]):
             False,
             name,
             (on_error, retries, backoff, timeout, max_crashes),
+            batch_size,
         )
 
     # -- running ----------------------------------------------------------------

@@ -65,6 +65,8 @@ class StageSpec:
     ordered: bool
     producers: tuple[Callable[[], Iterable[Any]], ...] = ()
     policy: StagePolicy = DEFAULT_POLICY
+    batch_size: int | None = None
+    """Items per batch, fixed; None: conveyor sizes batches from what it measures."""
     payload: bytes | None = field(default=None, compare=False, repr=False)
     """For process stages: the target, pickled once at build time."""
 
@@ -151,6 +153,22 @@ def check_policy(
         timeout=None if timeout is None else float(timeout),
         max_crashes=max_crashes,
     )
+
+
+def check_batch_size(value: object, maxsize: int | None, stage: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"batch_size must be None (sized by conveyor) or an int >= 1, got {value!r} "
+            f"(stage {stage!r})"
+        )
+    if maxsize is not None and value > maxsize:
+        raise ValueError(
+            f"batch_size ({value}) cannot be larger than maxsize ({maxsize}): a batch is taken "
+            f"from the stage's input, which holds at most maxsize items (stage {stage!r})"
+        )
+    return value
 
 
 def check_kind(kind: object, stage: str) -> str:

@@ -34,7 +34,7 @@ from .._workers._base import (
     WorkerSlot,
     load_kind,
 )
-from ._runtime import BatchSizer, RunControl, StageRuntime
+from ._runtime import AUTO_CAPACITY_CAP, BatchSizer, RunControl, StageRuntime
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -154,7 +154,7 @@ class LocalRun:
                 inbox,
                 outbox,
                 self.control,
-                BatchSizer(target_s, max_items, target_bytes),
+                BatchSizer(target_s, max_items, target_bytes, fixed=spec.batch_size),
                 auto_inbox=spec.maxsize is None and spec.op != "produce",
                 # an auto-sized input also makes room for a whole batch of its upstream
                 auto_outbox=outbox is not None and (last or stages[i + 1].maxsize is None),
@@ -175,6 +175,8 @@ class LocalRun:
     @staticmethod
     def _auto_initial(spec: StageSpec) -> int:
         depth = SIZING[spec.kind][3]
+        if spec.batch_size is not None:  # room for a batch per worker and the next ones
+            return min(AUTO_CAPACITY_CAP, (depth + 1) * spec.workers * spec.batch_size)
         return max(16, 2 * spec.workers * depth)
 
     def _first_inbox(self, source: SourceSpec | None, first: StageSpec) -> MemoryChannel[Any]:

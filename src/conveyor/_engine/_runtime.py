@@ -104,16 +104,19 @@ class BatchSizer:
     at one item and growing at most fourfold per observation.
     """
 
-    def __init__(self, target_s: float, max_items: int, target_bytes: int = 0) -> None:
+    def __init__(
+        self, target_s: float, max_items: int, target_bytes: int = 0, fixed: int | None = None
+    ) -> None:
         self.target_s = target_s
-        self.max_items = max(1, max_items)
+        self.max_items = max(1, max_items if fixed is None else fixed)
         self.target_bytes = target_bytes
-        self.size = 1
+        self.fixed = fixed
+        self.size = 1 if fixed is None else fixed
         self._per_item: float | None = None
         self._bytes_per_item: float | None = None
 
     def observe(self, n: int, seconds: float, nbytes: int = 0) -> None:
-        if n <= 0:
+        if n <= 0 or self.fixed is not None:
             return
         per = max(seconds / n, 1e-9)
         prev = self._per_item
@@ -206,7 +209,7 @@ class StageRuntime:
 
     def batch_size(self) -> int:
         size = self.sizer.size
-        if not self._auto_inbox and self.inbox is not None:
+        if not self._auto_inbox and self.inbox is not None and self.sizer.fixed is None:
             size = min(size, max(1, self.inbox.maxsize // max(1, self.spec.workers)))
         return size
 

@@ -62,7 +62,7 @@ def test_queue_bound_holds_between_stages(kind: str, gate: Gate) -> None:
         gate.wait()
         return x
 
-    n = 200_000  # more than any input conveyor sizes by itself
+    n = 400_000  # more than any input conveyor sizes by itself (AUTO_CAPACITY_CAP)
     run = (
         cv.Pipeline()
         .source(range(n))

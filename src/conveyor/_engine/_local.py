@@ -47,7 +47,7 @@ __all__ = ["LocalRun"]
 # most bytes in a batch, batches a worker may hold at once).
 SIZING = {
     "thread": (0.002, 256, 0, 1),
-    "process": (0.01, 8192, 4 << 20, 2),
+    "process": (0.01, 32768, 4 << 20, 2),
 }
 SOURCE_CHUNK = 1024
 OUTPUT_INITIAL = 64

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchSizer", "RunControl", "StageRuntime", "Stopping", "WorkerSlot"]
 
-AUTO_CAPACITY_CAP = 65536
+AUTO_CAPACITY_CAP = 262144
 
 
 class RunControl:

@@ -14,17 +14,21 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import signal
 import sys
 from collections import deque
 from time import monotonic, perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _protocol as P
 from ._apply import Abort, ItemFailed, ItemPolicy, Processor, describe_exception
 from ._context import WorkerInfo, set_current_worker
 from ._serialize import dumps_items, first_unpicklable, loads
 from ._wire import Wire
+
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal  # the signal module without its enum classes
 
 CTRL_SIZE = P.CTRL_SIZE
 
@@ -68,7 +72,7 @@ def _die_with_parent(parent: int) -> None:
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            libc.prctl(1, _signal.SIGKILL)  # PR_SET_PDEATHSIG
         except Exception:
             pass
     if os.getppid() != parent:  # the parent died before prctl took effect

@@ -132,14 +132,9 @@ class ProcessWorker(ThreadHandle):
         self.zygote = Zygote.get()
         self.kind.reset_progress(self.ctrl_slot)
         try:
-            pid = self.zygote.spawn([theirs.fileno(), self.kind.ctrl_fd()])
+            req = self.zygote.request_spawn([theirs.fileno(), self.kind.ctrl_fd()])
         finally:
             theirs.close()
-        with self._io:
-            if self.conn is not None:
-                self.conn.close()
-            self.pid, self.conn = pid, Wire(ours)
-        slot.pid = slot.thread_id = pid  # a worker process runs the stage in its main thread
         spec = feed.spec
         init = {
             "sys_path": list(sys.path),
@@ -153,8 +148,26 @@ class ProcessWorker(ThreadHandle):
             "stage": feed.name,
             "index": slot.index,
         }
+        conn = Wire(ours)
         try:
-            self._send(P.TAG.pack(P.INIT), dumps_items(init))
+            # INIT goes out while the launcher forks: the worker finds it waiting
+            conn.send(P.TAG.pack(P.INIT), dumps_items(init))
+            sent = True
+        except OSError:
+            sent = False  # the launcher closed its end: spawned() says why
+        try:
+            pid = self.zygote.spawned(req)
+        except ZygoteGone:
+            conn.close()
+            raise
+        with self._io:
+            if self.conn is not None:
+                self.conn.close()
+            self.pid, self.conn = pid, conn
+        slot.pid = slot.thread_id = pid  # a worker process runs the stage in its main thread
+        try:
+            if not sent:
+                raise _Died
             msg = self._recv()
         except _Died:
             if feed.stop[0]:

@@ -5,12 +5,14 @@ sent as a head (a few bytes of header) and a body (a pickle) with one
 ``sendmsg`` when possible, so a large body is never copied to glue the two.
 
 This replaces ``multiprocessing.connection.Connection``, which would cost every
-worker process (and the launcher) the import of a good part of ``multiprocessing``.
+worker process (and the launcher) the import of a good part of ``multiprocessing``;
+it works on ``_socket`` sockets for the same reason (``socket`` builds enum classes
+at import, milliseconds of the launcher's start).
 """
 
 from __future__ import annotations
 
-import socket
+import _socket
 import struct
 
 __all__ = ["Wire"]
@@ -19,13 +21,13 @@ _LEN = struct.Struct("<Q")
 
 
 class Wire:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self._head = bytearray(_LEN.size)
 
     @classmethod
     def from_fd(cls, fd: int) -> Wire:
-        return cls(socket.socket(fileno=fd))
+        return cls(_socket.socket(fileno=fd))
 
     def send(self, head: bytes, body: bytes | memoryview = b"") -> None:
         frame = _LEN.pack(len(head) + len(body)) + head

@@ -13,7 +13,8 @@ The zygote is started once per engine process with ``subprocess`` (fork+exec, sa
 with threads), imports the worker code and nothing of the user's, and forks a
 worker per request. It is single-threaded, so forking it is safe; workers get their
 stage with cloudpickle, so nothing needs ``__main__``. ``bench/bench_startup.py``
-measures the alternatives.
+measures the alternatives. The zygote's own code is in ``_zygote_main``, which
+imports as little as it can: the zygote's start is on the way to the first result.
 
 Protocol, over a SOCK_SEQPACKET socket pair (one datagram per message)::
 
@@ -31,19 +32,15 @@ exits. Workers also die with the zygote (``PR_SET_PDEATHSIG``).
 from __future__ import annotations
 
 import os
-import select
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 from typing import ClassVar
 
-__all__ = ["Zygote", "serve"]
+from ._zygote_main import EXITED, KILL, MSG, SPAWN, SPAWNED
 
-SPAWN, KILL, SPAWNED, EXITED = 1, 2, 3, 4
-MSG = struct.Struct("<BQqq")  # tag, request id, pid, exit code
+__all__ = ["Zygote"]
 
 
 class ZygoteGone(Exception):
@@ -52,93 +49,6 @@ class ZygoteGone(Exception):
 
 def _after_fork_in_child() -> None:
     Zygote._forget_in_child()
-
-
-# -- the server side (runs in the zygote process) ---------------------------------
-
-
-def serve(fd: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sock = socket.socket(fileno=fd)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-    # preload what every worker needs, so that a worker starts with it imported
-    import cloudpickle  # noqa: F401  (unpickling a stage needs it)
-
-    from . import _child
-
-    me = os.getpid()
-    children: set[int] = set()
-
-    def reap() -> None:
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            children.discard(pid)
-            sock.send(MSG.pack(EXITED, 0, pid, os.waitstatus_to_exitcode(status)))
-
-    try:
-        while True:
-            ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
-            if wake_r in ready:
-                while True:
-                    try:
-                        if not os.read(wake_r, 512):
-                            break
-                    except BlockingIOError:
-                        break
-                reap()
-            if sock.fileno() not in ready:
-                continue
-            msg, fds, _, _ = socket.recv_fds(sock, MSG.size, 4)
-            if not msg:
-                break  # the engine's process is gone
-            tag, req, pid, _ = MSG.unpack(msg)
-            if tag == KILL:
-                if pid in children:
-                    os.kill(pid, signal.SIGKILL)
-                continue
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    signal.set_wakeup_fd(-1)
-                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    sock.close()
-                    os.close(wake_r)
-                    os.close(wake_w)
-                    code = _child.main(fds, me)
-                except BaseException:
-                    import traceback
-
-                    traceback.print_exc()
-                finally:
-                    os._exit(code)
-            for f in fds:
-                os.close(f)
-            children.add(pid)
-            sock.send(MSG.pack(SPAWNED, req, pid, 0))
-    except OSError:
-        pass  # the engine's end of the socket went away mid-send
-    finally:
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for pid in list(children):
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        os._exit(0)
 
 
 # -- the client side (runs in the engine's process) --------------------------------
@@ -180,7 +90,9 @@ class Zygote:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_root, env.get("PYTHONPATH", "")) if p
         )
-        code = "import sys; from conveyor._workers._zygote import serve; serve(int(sys.argv[1]))"
+        code = (
+            "import sys; from conveyor._workers._zygote_main import serve; serve(int(sys.argv[1]))"
+        )
         self.process = subprocess.Popen(
             [sys.executable, "-c", code, str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
@@ -253,9 +165,18 @@ class Zygote:
 
     def spawn(self, fds: list[int], timeout: float = 60.0) -> int:
         """Fork a worker process that gets ``fds``; return its pid."""
+        return self.spawned(self.request_spawn(fds), timeout)
+
+    def request_spawn(self, fds: list[int]) -> int:
+        """Ask for a worker process that gets ``fds`` (they can be closed here once
+        this returns); :meth:`spawned` waits for it."""
         with self._cond:
             req = self._next_req = self._next_req + 1
         self._send(MSG.pack(SPAWN, req, 0, 0), fds)
+        return req
+
+    def spawned(self, req: int, timeout: float = 60.0) -> int:
+        """The pid of the worker process of request ``req``, once it is forked."""
         with self._cond:
             if not self._cond.wait_for(lambda: req in self._spawned or self.gone, timeout):
                 raise ZygoteGone("the worker-process launcher did not answer")

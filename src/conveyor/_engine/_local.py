@@ -75,6 +75,12 @@ class _SourceFeeder(ThreadHandle):
         # never hold more items than the first stage may queue: read-ahead stays small
         return max(1, min(SOURCE_CHUNK, self.out.maxsize))
 
+    def _slice_size(self) -> int:
+        """Items per chunk of a list, tuple or range: they cost nothing to read ahead,
+        so as the first stage's input grows (its batches grow), so do its chunks (a
+        quarter of it), and a large batch is taken in one piece."""
+        return max(1, min(max(SOURCE_CHUNK, self.out.maxsize // 4), self.out.maxsize))
+
     def _run(self) -> None:
         slot, stop = self.slot, self.run.control.stop
         slot.pid = os.getpid()
@@ -85,7 +91,7 @@ class _SourceFeeder(ThreadHandle):
             if isinstance(iterable, (list, tuple, range)):
                 i, n = 0, len(iterable)
                 while i < n and not stop[0]:
-                    k = self._chunk_size()
+                    k = self._slice_size()
                     self._emit(list(iterable[i : i + k]))
                     i += k
             else:

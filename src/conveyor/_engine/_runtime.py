@@ -24,6 +24,11 @@ Ordering rules (``ordered=True``):
   most ``window`` of them, because takers wait for the window.
 * The last worker to leave closes the outbox. The token holder is a live worker and
   drains ``pending`` before it leaves, so nothing is left behind.
+
+Back-pressure between two stages: a full channel would take a blocked putter's chunk
+an item at a time, waking it for every item taken. So a stage about to put a chunk
+that does not fit waits (``wait_room``) until the next stage's takers have made room
+for it, or for half the channel, and only then puts.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["BatchSizer", "RunControl", "StageRuntime", "Stopping", "WorkerSlot"]
 
 AUTO_CAPACITY_CAP = 262144
+ROOM_RECHECK_S = 0.25  # a putter waiting for room looks again at least this often
 
 
 class RunControl:
@@ -168,6 +174,13 @@ class StageRuntime:
         self._pending: dict[int, list[Any]] = {}
         self._emitting = False
         self._live = spec.workers
+        self._waiters = 0  # threads waiting on _cond (no notify when there are none)
+        # Upstream putters waiting for room in the inbox (see wait_room): the takers
+        # wake them once there is room for a good part of their chunk, not per item.
+        self._room = threading.Condition(threading.Lock())
+        self._room_waiters = 0
+        self._room_want = 0  # the least room a waiting putter asks for
+        self.downstream: StageRuntime | None = None  # the stage that takes from outbox
         self._on_finished = on_finished
         control.on_stop(self._wake_all)
 
@@ -234,14 +247,8 @@ class StageRuntime:
         """
         inbox = self.inbox
         assert inbox is not None
-
-        def waiting(state: str) -> None:
-            if report:
-                slot.set_state(state)
-            else:
-                slot.feeder_state = state
-
-        if self.ordered:
+        waited = False
+        if self.ordered and self._next_take - self._next_emit >= self.window:
             # Wait for the reorder window before queueing for the take lock, so that
             # every worker held back by the window shows it. Takers that pass together
             # can overshoot the window by at most one batch each.
@@ -249,9 +256,11 @@ class StageRuntime:
                 while self._next_take - self._next_emit >= self.window:
                     if self.control.stopping:
                         raise Stopping
-                    waiting("blocked")  # the output is full
-                    self._cond.wait()
-        waiting("idle")
+                    self._show(slot, report, "blocked")  # the output is full
+                    waited = True
+                    self._wait()
+        if waited or not inbox.qsize():  # it may wait for input: show it
+            self._show(slot, report, "idle")
         with self._take_lock:
             try:
                 items = inbox.get_many(self.batch_size())
@@ -260,7 +269,44 @@ class StageRuntime:
             seq = self._next_take
             self._next_take = seq + 1
         slot.items_in += len(items)
+        if self._room_waiters and inbox.maxsize - inbox.qsize() >= self._room_want:
+            with self._room:
+                self._room.notify_all()
         return seq, items
+
+    @staticmethod
+    def _show(slot: WorkerSlot, report: bool, state: str) -> None:
+        if report:
+            slot.set_state(state)
+        else:
+            slot.feeder_state = state
+
+    def _wait(self) -> None:
+        """Wait on _cond (held by the caller)."""
+        self._waiters += 1
+        try:
+            self._cond.wait()
+        finally:
+            self._waiters -= 1
+
+    def wait_room(self, n: int) -> None:
+        """Called by the upstream stage before it puts ``n`` items into this stage's
+        input: wait until there is room for them, or for half the input, whichever is
+        less. Putting into a full channel would wake the putter for every item taken."""
+        inbox = self.inbox
+        assert inbox is not None
+        want = min(n, max(1, inbox.maxsize // 2))
+        with self._room:
+            self._room_waiters += 1
+            try:
+                while inbox.maxsize - inbox.qsize() < want and not self.control.stopping:
+                    if not self._room_want or want < self._room_want:
+                        self._room_want = want
+                    self._room.wait(ROOM_RECHECK_S)
+            finally:
+                self._room_waiters -= 1
+                if not self._room_waiters:
+                    self._room_want = 0
 
     # -- emitting output ----------------------------------------------------
 
@@ -280,7 +326,7 @@ class StageRuntime:
                 if self.control.stopping:
                     raise Stopping
                 slot.set_state("blocked")
-                self._cond.wait()
+                self._wait()
             self._emitting = True
         try:
             self._put(chunk, slot)
@@ -297,38 +343,54 @@ class StageRuntime:
                 self._put(rest, slot)
             return
         with self._cond:
-            self._pending[seq] = rest
             if self._emitting or seq != self._next_emit:
+                self._pending[seq] = rest
                 return
-            self._emitting = True
-        self._release_token(slot)
+            self._emitting = True  # the token, and this batch is the one due
+        self._release_token(slot, rest)
 
-    def _release_token(self, slot: WorkerSlot) -> None:
-        """Emit whatever is due, then give the token back (caller holds it)."""
-        while True:
-            with self._cond:
+    def _release_token(self, slot: WorkerSlot, chunk: list[Any] | None = None) -> None:
+        """Emit whatever is due, then give the token back (caller holds it). ``chunk``:
+        the output of the batch due, which the caller has (None: look in pending)."""
+        cond = self._cond
+        if chunk is None:
+            with cond:
                 chunk = self._pending.pop(self._next_emit, None)
                 if chunk is None:
                     self._emitting = False
-                    self._cond.notify_all()
+                    if self._waiters:
+                        cond.notify_all()
                     return
+        while True:
             try:
                 if chunk:
                     self._put(chunk, slot)
             except BaseException:
-                with self._cond:
+                with cond:
                     self._emitting = False
-                    self._cond.notify_all()
+                    cond.notify_all()
                 raise
-            with self._cond:
+            with cond:
                 self._next_emit += 1
-                self._cond.notify_all()
+                if self._waiters:
+                    cond.notify_all()
+                chunk = self._pending.pop(self._next_emit, None)
+                if chunk is None:
+                    self._emitting = False
+                    return
 
     def _put(self, chunk: list[Any], slot: WorkerSlot) -> None:
         outbox = self.outbox
         assert outbox is not None
+        if self.ordered and outbox.maxsize - outbox.qsize() >= len(chunk):
+            # only the token holder puts, and takers only make room: it will not wait
+            outbox._put_list(chunk)
+            return
         prev = slot.state
         slot.set_state("blocked")
+        down = self.downstream
+        if down is not None:
+            down.wait_room(len(chunk))
         outbox._put_list(chunk)
         slot.set_state(prev)
 
@@ -354,3 +416,5 @@ class StageRuntime:
     def _wake_all(self) -> None:
         with self._cond:
             self._cond.notify_all()
+        with self._room:
+            self._room.notify_all()

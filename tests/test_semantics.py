@@ -84,6 +84,21 @@ def test_queue_bound_holds_between_stages(kind: str, gate: Gate) -> None:
         run.wait()
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+def test_chunks_larger_than_the_next_input_get_through(kind: str, ordered: bool) -> None:
+    # the first stage's batches (40 items) do not fit the second's input (3): it waits
+    # for room a few items at a time, and nothing is lost or reordered
+    n = 2_000
+    out = list(
+        cv.Pipeline()
+        .source(range(n))
+        .map(lambda x: x * 2, workers=2, kind=kind, batch_size=40, ordered=ordered)
+        .map(lambda x: x + 1, workers=3, kind="thread", maxsize=3, ordered=ordered)
+    )
+    expected = [2 * x + 1 for x in range(n)]
+    assert (out if ordered else sorted(out)) == expected
+
+
 def test_slow_consumer_holds_back_the_pipeline(kind: str) -> None:
     src = Endless()
     run = cv.Pipeline().source(src).map(lambda x: x + 1, kind=kind, workers=2).run()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import pickle
 import queue
@@ -16,7 +15,8 @@ from typing import Any
 import pytest
 
 from conveyor import Channel, Closed
-from conveyor._channels._shm import _GET_WAITERS, _PUT_WAITERS, _W_ACTIVE, ProcessChannel
+from conveyor._channels import _shm
+from conveyor._channels._shm import _GET_WAITERS, _PUT_WAITERS, ProcessChannel
 
 JOIN = 30.0  # only reached if something hangs
 BIG = 20 * 1024 * 1024
@@ -201,21 +201,52 @@ def checksums_until_closed(ch: Channel[Any]) -> list[object]:
         out.append((len(item), zlib.crc32(item)) if isinstance(item, bytes) else item)
 
 
-def make_channel_and_exit() -> list[str]:
-    """Make a channel and leave without dropping it: exiting must unlink its semaphores."""
-    ch: ProcessChannel[int] = ProcessChannel(2)
-    ch.put(1)
-    _KEEP.append(ch)  # alive until the process exits
-    return sem_names(ch)
+def leave_a_big_item_and_exit(ch: ProcessChannel[Any], size: int) -> str:
+    """Put an item too big for the ring (a segment of its own) that nobody takes, then exit
+    normally: the creator's exit unlinks it."""
+    mine: ProcessChannel[bytes] = ProcessChannel(2, buffer_bytes=4096)
+    mine.put(b"x" * size)
+    _KEEP.append(mine)
+    ch.put(segments_now())
+    return "done"
 
 
-def sem_names(ch: ProcessChannel[Any]) -> list[str]:
-    sems: tuple[Any, ...] = (ch._lock, ch._get_sem, ch._put_sem, ch._w_sem, ch._r_sem)
-    return ["sem." + s._semlock.name.lstrip("/") for s in sems]
+def leave_a_big_item_and_die(size: int) -> None:
+    mine: ProcessChannel[bytes] = ProcessChannel(2, buffer_bytes=4096)
+    mine.put(b"x" * size)
+    os.kill(os.getpid(), 9)
+
+
+def make_a_channel_and_list_segments() -> list[str]:
+    ProcessChannel(1)  # the first channel of a process sweeps the dead's segments
+    return segments_now()
+
+
+def segments_now() -> list[str]:
+    return sorted(n for n in os.listdir(DEV_SHM) if n.startswith("conveyor-"))
 
 
 def die_holding_the_lock(ch: ProcessChannel[Any]) -> None:
-    ch._lock.acquire()
+    ch._mutex.acquire()
+    os._exit(0)
+
+
+def die_in_the_middle_of_a_put(ch: ProcessChannel[Any], item: object) -> None:
+    """Write a whole record, move the tail, and die before the count moves."""
+    ch._mutex.acquire()
+    data = pickle.dumps(item, 5)
+    tail = ch._ctl[_shm._TAIL]
+    pos = ch._write(tail, _shm._U64.pack(_shm._header(len(data), _shm._PICKLE, 0)))
+    ch._write(pos, data)
+    ch._ctl[_shm._OP] = _shm._OP_PUT
+    ch._ctl[_shm._TAIL] = tail + _shm._HDR + _shm._pad(len(data))
+    os._exit(0)
+
+
+def die_half_way_through_a_record(ch: ProcessChannel[Any]) -> None:
+    """Write half a record past the tail and die holding the lock."""
+    ch._mutex.acquire()
+    ch._write(ch._ctl[_shm._TAIL], _shm._U64.pack(_shm._header(1000, _shm._PICKLE, 0)) + b"\x80")
     os._exit(0)
 
 
@@ -340,32 +371,46 @@ def test_fail_reaches_a_getter_in_another_process(spawn_child: Callable[..., Chi
         ch.put(1)
 
 
-def test_fail_still_works_after_a_process_died_holding_the_lock(
-    spawn_child: Callable[..., Child], monkeypatch: pytest.MonkeyPatch
+def test_a_process_that_died_holding_the_lock_blocks_nobody(
+    spawn_child: Callable[..., Child],
 ) -> None:
-    from conveyor._channels import _shm
-
-    monkeypatch.setattr(_shm, "_FAIL_WAIT", 0.2)
-    ch: ProcessChannel[int] = ProcessChannel(1)
+    ch: ProcessChannel[int] = ProcessChannel(4)
+    ch.put(1)
     dying = spawn_child(die_holding_the_lock, ch)
     dying.proc.join(JOIN)
     assert dying.proc.exitcode == 0
-    outcome: list[BaseException] = []
-
-    def getter() -> None:
-        try:
-            ch.get()
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=getter, daemon=True)
-    thread.start()
+    ch.put(2, timeout=JOIN)
+    assert ch.get_many(5, timeout=JOIN) == [1, 2]
     ch._fail(ValueError("a worker crashed"))
-    thread.join(JOIN)
-    assert not thread.is_alive()
-    assert [type(e) for e in outcome] == [ValueError]
     with pytest.raises(ValueError, match="a worker crashed"):
         ch.put(1)
+
+
+def test_a_put_that_died_between_tail_and_count_is_repaired(
+    spawn_child: Callable[..., Child],
+) -> None:
+    ch: ProcessChannel[object] = ProcessChannel(4)
+    ch.put("before")
+    dying = spawn_child(die_in_the_middle_of_a_put, ch, {"whole": "record"})
+    dying.proc.join(JOIN)
+    # the record was whole and the tail moved: the repair counts it in
+    assert ch.get_many(5, timeout=JOIN) == ["before", {"whole": "record"}]
+    ch.put("after")
+    assert ch.get(timeout=JOIN) == "after"
+    s = ch.stats()
+    assert (s.size, s.put_count, s.get_count) == (0, 3, 3)
+
+
+def test_half_a_record_of_a_dead_writer_is_never_read(spawn_child: Callable[..., Child]) -> None:
+    ch: ProcessChannel[object] = ProcessChannel(4)
+    ch.put("before")
+    dying = spawn_child(die_half_way_through_a_record, ch)
+    dying.proc.join(JOIN)
+    assert ch.get(timeout=JOIN) == "before"
+    with pytest.raises(queue.Empty):
+        ch.get(timeout=0.05)
+    ch.put("after")  # written over the dead writer's half record
+    assert ch.get(timeout=JOIN) == "after"
 
 
 def test_set_maxsize_is_seen_by_every_process(spawn_child: Callable[..., Child]) -> None:
@@ -418,41 +463,42 @@ def test_large_items_with_several_streaming_producers_and_consumers(
     assert got == sorted(expected, key=repr)
 
 
-def test_large_item_without_a_reader_gives_up_cleanly() -> None:
-    ch: ProcessChannel[Any] = ProcessChannel(4, buffer_bytes=4096)
-    ch.put("before")
+def test_bytes_bound_a_put_as_well_as_the_count() -> None:
+    ch: ProcessChannel[Any] = ProcessChannel(100, buffer_bytes=4096)
+    ch.put(b"x" * 3000)
     with pytest.raises(queue.Full):
-        ch.put(b"x" * 100_000, block=False)
+        ch.put(b"y" * 3000, block=False)
     with pytest.raises(queue.Full):
-        ch.put(b"x" * 100_000, timeout=0.05)  # streamed in part, then withdrawn
+        ch.put(b"y" * 3000, timeout=0.05)
     with pytest.raises(queue.Full) as info:
-        ch.put_many(["a", b"y" * 100_000, "b"], timeout=0.05)
+        ch.put_many(["a", b"y" * 3000, "b"], timeout=0.05)
     assert info.value.put_count == 1  # type: ignore[attr-defined]
-    assert ch._ctl[_W_ACTIVE] == 0
-    assert ch.qsize() == 2
-    assert ch.get_many(10) == ["before", "a"]
-    ch.put(b"z" * 3000)
-    assert ch.get() == b"z" * 3000
+    # an item larger than the whole ring needs only a small record in it
+    ch.put(b"z" * 100_000, timeout=JOIN)
+    assert ch.qsize() == 3
+    assert ch.get_many(10) == [b"x" * 3000, "a"]
+    assert ch.get() == b"z" * 100_000
 
 
-def test_close_withdraws_a_large_item_that_no_reader_began() -> None:
-    ch: ProcessChannel[Any] = ProcessChannel(2, buffer_bytes=4096)
+def test_close_wakes_a_putter_waiting_for_bytes() -> None:
+    ch: ProcessChannel[Any] = ProcessChannel(100, buffer_bytes=4096)
+    ch.put(b"x" * 3000)
     result: list[object] = []
 
     def putter() -> None:
         try:
-            ch.put(b"x" * 100_000)
+            ch.put(b"y" * 3000)
         except Closed:
             result.append("closed")
 
     thread = threading.Thread(target=putter, daemon=True)
     thread.start()
-    wait_until(lambda: ch._ctl[_W_ACTIVE] == 1, "the put streams")
+    wait_until(lambda: ch._ctl[_PUT_WAITERS] == 1, "the put sleeps")
     ch.close()
     thread.join(JOIN)
     assert not thread.is_alive()
     assert result == ["closed"]
-    assert ch.qsize() == 0
+    assert ch.get() == b"x" * 3000
     with pytest.raises(Closed):
         ch.get()
 
@@ -535,6 +581,76 @@ def test_random_sizes_and_calls_between_threads(buffer_bytes: int, max_len: int)
     assert (s.size, s.put_count, s.get_count) == (0, producers * per, producers * per)
 
 
+# -- out-of-band buffers ------------------------------------------------------------------
+
+
+def echo_back(inbox: Channel[Any], outbox: Channel[Any], n: int) -> str:
+    for _ in range(n):
+        outbox.put(inbox.get(timeout=JOIN), timeout=JOIN)
+    return "done"
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        b"b" * 100_000,
+        bytearray(b"a" * 100_000),
+        {"id": 7, "payload": b"p" * 100_000, "rest": bytearray(b"r" * 20_000)},
+        (1, b"t" * 70_000),
+    ],
+    ids=["bytes", "bytearray", "dict", "tuple"],
+)
+def test_buffers_travel_out_of_band(item: Any) -> None:
+    kind, nbufs, parts, _ = _shm._encode(item)
+    assert kind == _shm._OOB
+    assert nbufs >= 1
+    # the pickle itself is small: the buffers are views of the item's own memory,
+    # copied once into the ring
+    assert len(parts[2]) < 1000
+    for raw in parts[3:]:
+        assert isinstance(raw, memoryview)
+    ch: ProcessChannel[Any] = ProcessChannel(2)
+    ch.put(item)
+    got = ch.get()
+    assert got == item
+    assert type(got) is type(item)
+
+
+def test_a_memoryview_keeps_its_format_and_shape() -> None:
+    import array
+
+    view = memoryview(array.array("d", range(5000))).cast("B").cast("d", [50, 100])
+    ch: ProcessChannel[memoryview] = ProcessChannel(2)
+    ch.put(view)
+    got = ch.get()
+    assert (got.format, got.shape) == ("d", (50, 100))
+    assert got.tobytes() == view.tobytes()
+
+
+def test_numpy_arrays_cross_processes_out_of_band(spawn_child: Callable[..., Child]) -> None:
+    np = pytest.importorskip("numpy")
+    arrays = [
+        np.arange(131_072, dtype=np.float64),  # 1 MiB
+        np.arange(12, dtype=np.int32).reshape(3, 4),
+        np.zeros((0,), dtype=np.uint8),
+        np.arange(40_000, dtype=np.int16)[::2],  # not contiguous: pickled in band
+        np.arange(3_000_000, dtype=np.float32),  # 12 MB: larger than the ring
+    ]
+    kind, *_ = _shm._encode(arrays[0])
+    assert kind == _shm._OOB
+    inbox: ProcessChannel[Any] = ProcessChannel(2)
+    outbox: ProcessChannel[Any] = ProcessChannel(2)
+    child = spawn_child(echo_back, inbox, outbox, len(arrays))
+    for a in arrays:
+        inbox.put(a, timeout=JOIN)
+        got = outbox.get(timeout=JOIN)
+        assert got.dtype == a.dtype
+        assert got.shape == a.shape
+        assert np.array_equal(got, a)
+        assert got.flags.writeable
+    assert child.outcome() == "done"
+
+
 # -- misc -----------------------------------------------------------------------------
 
 
@@ -559,18 +675,23 @@ def test_buffer_bytes_is_checked(bad: object, error: type[Exception]) -> None:
 def test_no_shared_memory_is_left_behind(spawn_child: Callable[..., Child]) -> None:
     before = set(os.listdir(DEV_SHM))
     ch: ProcessChannel[Any] = ProcessChannel(2, buffer_bytes=1 << 14)
-    names = sem_names(ch)
-    assert set(names) <= set(os.listdir(DEV_SHM))
-    # the ring itself never had a name
+    # the ring never had a name, nor has the lock
     assert os.readlink(f"/proc/self/fd/{ch._fd}").startswith("/memfd:")
+    assert set(os.listdir(DEV_SHM)) == before
     consumer = spawn_child(get_checksums, ch, 5)
-    put_big_items(ch, [7])
+    put_big_items(ch, [7])  # through segments of their own, unlinked by the getter
     assert len(consumer.outcome()) == 5
-    # a channel made in a child that exits without dropping it
-    child_names: list[str] = spawn_child(make_channel_and_exit).outcome()
-
-    del ch
-    gc.collect()
-    gone = set(names) | set(child_names)
-    wait_until(lambda: not gone & set(os.listdir(DEV_SHM)), "the semaphores are unlinked")
-    wait_until(lambda: not set(os.listdir(DEV_SHM)) - before, "/dev/shm is as it was")
+    # a process that exits with an item still in its channel unlinks its segment
+    report: ProcessChannel[list[str]] = ProcessChannel(2)
+    assert spawn_child(leave_a_big_item_and_exit, report, 50_000).outcome() == "done"
+    assert report.get(timeout=JOIN)  # the segment existed while the child lived
+    wait_until(lambda: set(os.listdir(DEV_SHM)) <= before, "/dev/shm is as it was")
+    # one killed with an item in its channel leaves it, and the next start sweeps it
+    dead = spawn_child(leave_a_big_item_and_die, 50_000)
+    dead.proc.join(JOIN)
+    assert dead.proc.exitcode == -9
+    prefix = f"conveyor-{dead.proc.pid}-"
+    assert [n for n in segments_now() if n.startswith(prefix)]  # left behind
+    swept = spawn_child(make_a_channel_and_list_segments).outcome()
+    assert not [n for n in swept if n.startswith(prefix)]
+    wait_until(lambda: set(os.listdir(DEV_SHM)) <= before, "/dev/shm is as it was")

@@ -3,72 +3,70 @@
 Memory
 ======
 
-One anonymous shared mapping (``os.memfd_create`` + ``mmap``: it has no name in
+One anonymous shared mapping (``os.memfd_create`` + ``mmap``: no name in
 ``/dev/shm``, so it goes away with the last process that maps it) holds::
 
-    offset 0     control block: int64 slots, the ``_HEAD`` ... ``_R_WAITING`` constants
+    offset 0     the lock: a process-shared robust pthread mutex (see _sync.py)
+    offset 128   control block: int64 slots, the ``_HEAD`` ... ``_OP`` constants
+    offset 256   two int32 futex words: getters and putters sleep on them
     offset 512   the pickled exception of ``_fail`` (8-byte length, then the pickle)
-    offset 4096  the ring: ``buffer_bytes`` bytes
+    offset 4096  the ring: ``buffer_bytes`` bytes (a multiple of 8)
 
 The ring is a byte stream. ``head`` and ``tail`` are stream positions that only
 grow (position ``p`` lives at ring offset ``p % buffer_bytes``): ``[head, tail)``
-is written and not yet taken, and ``0 <= tail - head <= buffer_bytes``. Each item
-is one record, an 8-byte length ``n`` and then ``n`` bytes of pickle (protocol 5);
-a record may wrap around the end of the ring. Records are taken in stream order.
+holds whole records, ``0 <= tail - head <= buffer_bytes``. A record is an 8-byte
+header (body length, kind, number of out-of-band buffers) and its body, padded to
+8 bytes, so a header never wraps around the end of the ring (a body may).
+``puts - gets`` is the number of items, which ``maxsize`` bounds; the ring's size
+bounds their bytes.
 
-``count`` is the number of items in the channel, which is what ``maxsize`` bounds.
-An item counts from the moment its record is visible (its length is below
-``tail``) until the moment its last byte is taken, so ``count`` includes a record
-still being streamed in or out. ``put_count``/``get_count`` move when an item is
-wholly in/out.
+Kinds of record body:
 
-Records larger than the free bytes are streamed: the writer puts in what fits
-and waits for room, a reader copies out what is there and waits for more. One
-writer at a time holds ``w_active`` and no other writer appends meanwhile; one
-reader at a time holds ``r_active`` and no other reader takes meanwhile. While a
-reader streams a record, that record's bytes are the only ones in the ring, so
-each side only ever waits for the other, and an item of any size gets through a
-ring of any size.
+* ``_PICKLE``: a pickle (protocol 5).
+* ``_OOB``: a pickle whose buffers went out of band (numpy arrays, ``bytes``,
+  ``bytearray``, ``memoryview`` and anything else that pickles with
+  ``PickleBuffer``): one int64 per buffer (its length; top bit: read-only), the
+  pickle, then the buffers' bytes. Each buffer is copied once in (from the object
+  into the ring) and once out (into a fresh ``bytes``/``bytearray`` that the
+  unpickled object then uses).
+* ``_SEGMENT``: an item whose record is larger than the ring. Its record is
+  written to a file of its own in ``/dev/shm`` (``conveyor-<pid>-<random>``,
+  ``pid`` being the channel's creator), and the ring carries its name. The getter
+  unlinks it as soon as it has opened it. Segments left behind by a process that
+  died are unlinked by the creator at exit, or at the next channel made on the
+  machine once the creator is gone.
 
-Locking rules
-=============
+Locking and crashes
+===================
 
-* ``_lock`` (a multiprocessing ``Lock`` made from the spawn context, so that the
-  channel can be pickled for every start method) guards every control slot and
-  every byte of the ring, with two exceptions: ``qsize``/``closed`` read one slot
-  without it (a snapshot), and the holder of ``w_active``/``r_active`` copies
-  without it. The holder of ``w_active`` owns ``[tail, head + buffer_bytes)``
-  (readers stop at ``tail``); the holder of ``r_active`` owns the records it
-  takes from ``head`` on (writers stop at ``head + buffer_bytes``). They re-take
-  the lock to move ``tail``/``head``. Besides streaming, a put or a get that
-  copies at least ``_UNLOCKED_COPY`` bytes does the same, so that one large copy
-  does not stall the other side.
-* The lock is only held for short, non-blocking work (never while pickling,
-  unpickling small items, or sleeping), so waiters spin on it briefly before
-  sleeping.
-* Waiting uses one semaphore per reason plus a waiter count in the control
-  block: a waiter adds itself to the count under the lock, then releases the
-  lock and sleeps on the semaphore; a waker, under the lock, takes one waiter
-  off the count per ``release()``. So count + tokens in the semaphore = waiters
-  registered, at all times: no wake-up is lost between a waiter's unlock and its
-  sleep, and a put or get that wakes no one makes no system call. A waiter
-  re-checks its condition after waking (a spare token only costs a spurious
-  wake-up). Waking one getter or putter passes the turn: whoever runs next wakes
-  another if the condition still holds.
-* A writer may withdraw a record it streams (on ``close()`` or its timeout) only
-  while no reader has taken the record's length (``head <= start``); once one
-  has, both sides finish the record whatever the deadline or ``close()``. A put
-  whose copy ends after ``close()`` raises ``Closed`` and leaves nothing behind.
+The lock guards the control block and every byte of the ring, and is held only
+for short, non-blocking work: checking the condition, one copy of whole records
+in or out, and the commit. Pickling, unpickling, segment files and sleeping
+happen without it.
 
-The semaphores have names in ``/dev/shm`` (``sem.mp-*``) that multiprocessing
-unlinks when the channel is garbage collected in the process that made it, or
-when that process exits. A process that unpickles the channel opens them by
-name, so keep the channel alive until the children have started, as with
-``multiprocessing.Queue``.
+A process may die at any moment, the lock held or not. Records become visible
+only at the commit, which moves ``tail`` (or ``head``) and then the counter
+``puts`` (or ``gets``), between ``op = _OP_PUT`` (or ``_OP_GET``) and ``op = 0``.
+So a record half-written or half-read by a dead process is never seen: it is
+outside ``[head, tail)``. The lock is robust: the next process to take it after
+its owner died is told so, and if ``op`` is set it counts the records between
+``head`` and ``tail`` to put the counter right (the only state a commit can leave
+half done), then wakes every sleeper. An item half-read by a process that died is
+still in the channel for the next getter; one whose commit went through left
+with the process that took it, as if that process had died just after its get.
+
+Waiting: a sleeper registers in ``get_waiters``/``put_waiters`` and reads its
+futex word under the lock, then lets the lock go and sleeps while the word is
+unchanged. A waker changes the word under the lock and wakes: one getter (who
+passes the turn on if items remain), every putter (their needs differ). Sleeps
+last at most ``_SLICE`` seconds, then the condition is looked at again, so even
+a count left wrong by a dead sleeper only costs a spare system call.
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import mmap
 import os
 import pickle
@@ -78,66 +76,79 @@ import tempfile
 import time
 import weakref
 from bisect import bisect_right
-from multiprocessing import get_context
 from multiprocessing.context import assert_spawning
 from multiprocessing.reduction import DupFd
+from multiprocessing.util import Finalize
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import Closed
 from ._base import Channel, ChannelStats, Full, check_max_items, check_maxsize, check_timeout
+from ._sync import MUTEX_BYTES, RobustMutex, futex_wait, futex_wake
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
-    from multiprocessing.synchronize import Lock, Semaphore
 
 T = TypeVar("T")
+_Encoded = tuple[int, int, list[Any], int]
 
 __all__ = ["ProcessChannel"]
 
-# -- control block slots (int64) -------------------------------------------------
-_HEAD = 0  # stream position of the first unread byte
-_TAIL = 1  # stream position after the last written byte
-_COUNT = 2  # items in the channel, including one being written or read in pieces
-_MAXSIZE = 3
-_CLOSED = 4
-_FAILED = 5  # _fail() was called; the exception is at _ERROR_AT
-_PUTS = 6
-_GETS = 7
-_GET_WAITERS = 8  # getters registered on _get_sem and not yet woken
-_PUT_WAITERS = 9  # putters registered on _put_sem and not yet woken
-_W_ACTIVE = 10  # a writer is streaming a record (no other writer may append)
-_W_WAITING = 11  # that writer is registered on _w_sem (0 or 1)
-_R_ACTIVE = 12  # a reader is streaming a record (no other reader may take)
-_R_WAITING = 13  # that reader is registered on _r_sem (0 or 1)
-_SLOTS = 14
-
+# -- layout ------------------------------------------------------------------------
+_CTL_AT = MUTEX_BYTES
+_HEAD = 0  # stream position of the first record
+_TAIL = 1  # stream position after the last record
+_MAXSIZE = 2
+_CLOSED = 3
+_FAILED = 4  # _fail() was called; the exception is at _ERROR_AT
+_PUTS = 5
+_GETS = 6
+_GET_WAITERS = 7  # getters asleep (or about to be) on the getters' futex word
+_PUT_WAITERS = 8
+_OP = 9  # a commit in progress: _OP_PUT or _OP_GET (for the repair after a crash)
+_REPAIRS = 10  # times the lock was taken over from a process that died holding it
+_SLOTS = 11
+_FUTEX_AT = 256  # int32 words: getters' at +0, putters' at +4
 _ERROR_AT = 512
 _RING_AT = 4096
 
-_LEN = struct.Struct("<Q")
-_HDR = _LEN.size
+_OP_PUT = 1
+_OP_GET = 2
+
+# -- records -----------------------------------------------------------------------
+_U64 = struct.Struct("<Q")
+_HDR = 8
+_PICKLE = 0
+_OOB = 1
+_SEGMENT = 2
+_LEN_BITS = 48
+_LEN_MASK = (1 << _LEN_BITS) - 1
+_KIND_SHIFT = _LEN_BITS
+_NBUF_SHIFT = 52
+_MAX_BUFFERS = (1 << 12) - 1
+_READONLY = 1 << 63
+
 # put_many frames pickles of up to _INLINE_MAX bytes back to back in runs of about
-# _RUN_BYTES, each written with one copy; larger pickles go in one by one.
+# _RUN_BYTES, each run written with one copy; other items go in one by one.
 _INLINE_MAX = 16 * 1024
 _RUN_BYTES = 64 * 1024
-# Transfers of at least this many bytes are copied without holding the lock.
-_UNLOCKED_COPY = 64 * 1024
+# A container item whose pickle is at least this large has its bytes-like members
+# of at least _OOB_PART bytes re-pickled out of band.
+_OOB_MIN = 64 * 1024
+_OOB_PART = 16 * 1024
 _MIN_BUFFER = 64
-_SPIN = 100  # non-blocking tries before a blocking acquire of the lock
-_FAIL_WAIT = 5.0  # seconds: see _fail
-DEFAULT_BUFFER_BYTES = 1 << 20
+_SLICE = 0.5  # seconds: the longest sleep before a sleeper looks again
+DEFAULT_BUFFER_BYTES = 8 << 20
 
-_spawn = get_context("spawn")
+_SEGMENT_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+_SEGMENT_PREFIX = "conveyor-"
 
 
-def _acquire(lock: Lock) -> None:
-    """Take ``lock``, spinning a little first: it is held for about a microsecond,
-    much less than a sleep and a wake-up cost."""
-    acquire = lock.acquire
-    for _ in range(_SPIN):
-        if acquire(False):
-            return
-    acquire()
+def _pad(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _header(n: int, kind: int, nbufs: int) -> int:
+    return n | (kind << _KIND_SHIFT) | (nbufs << _NBUF_SHIFT)
 
 
 def _deadline(block: bool, timeout: float | None) -> float | None:
@@ -164,32 +175,233 @@ def _check_buffer_bytes(buffer_bytes: object) -> int:
         raise TypeError(f"buffer_bytes must be an int, got {buffer_bytes!r}")
     if buffer_bytes < _MIN_BUFFER:
         raise ValueError(f"buffer_bytes must be >= {_MIN_BUFFER}, got {buffer_bytes}")
-    return buffer_bytes
+    return _pad(buffer_bytes)
+
+
+# -- encoding items ------------------------------------------------------------------
+
+
+def _as_bytes(buf: Any) -> bytes:
+    return buf if type(buf) is bytes else bytes(buf)
+
+
+def _as_bytearray(buf: Any) -> bytearray:
+    return buf if type(buf) is bytearray else bytearray(buf)
+
+
+def _as_memoryview(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    view = memoryview(buf)
+    if view.format == fmt and view.shape == shape:
+        return view
+    return view.cast("B").cast(fmt, shape)  # type: ignore[call-overload,no-any-return]
+
+
+def _reduce_buffer(obj: Any) -> tuple[Any, tuple[Any, ...]] | None:
+    """How to pickle a bytes-like object out of band, or None to leave it to pickle."""
+    t = type(obj)
+    if t is bytes:
+        return _as_bytes, (pickle.PickleBuffer(obj),)
+    if t is bytearray:
+        return _as_bytearray, (pickle.PickleBuffer(obj),)
+    if t is memoryview and obj.c_contiguous:
+        return _as_memoryview, (pickle.PickleBuffer(obj), obj.format, obj.shape)
+    return None
+
+
+class _Top:
+    """Stands for a top-level bytes-like item, so that it goes out of band."""
+
+    __slots__ = ("reduced",)
+
+    def __init__(self, reduced: tuple[Any, tuple[Any, ...]]) -> None:
+        self.reduced = reduced
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.reduced
+
+
+def _big_buffer(obj: Any) -> bool:
+    t = type(obj)
+    return (t is bytes or t is bytearray or t is memoryview) and memoryview(obj).nbytes >= _OOB_PART
+
+
+def _out_of_band(obj: Any) -> Any:
+    """``obj``, or what pickles it out of band if it is a large bytes-like object."""
+    if _big_buffer(obj):
+        reduced = _reduce_buffer(obj)
+        if reduced is not None:
+            return _Top(reduced)
+    return obj
+
+
+def _members_out_of_band(item: Any) -> Any:
+    """A shallow copy of a dict, list or tuple with its large bytes-like members out of
+    band, or None. (pickle calls no hook for exact bytes, so they are swapped first.)"""
+    t = type(item)
+    if t is dict:
+        if any(_big_buffer(v) for v in item.values()):
+            return {k: _out_of_band(v) for k, v in item.items()}
+    elif (t is list or t is tuple) and any(_big_buffer(v) for v in item):
+        return t(_out_of_band(v) for v in item)
+    return None
+
+
+def _encode(item: Any, data: bytes | None = None, bufs: list[Any] | None = None) -> _Encoded:
+    """``(kind, number of buffers, parts, body length)`` of one item's record body.
+
+    ``data`` and ``bufs`` are the item's pickle and out-of-band buffers if the
+    caller already has them.
+    """
+    wrapped = _out_of_band(item)
+    if wrapped is not item:
+        item = wrapped
+        data = None
+    if data is None or bufs is None:
+        bufs = []
+        data = pickle.dumps(item, 5, buffer_callback=bufs.append)
+    if not bufs and len(data) >= _OOB_MIN:
+        swapped = _members_out_of_band(item)
+        if swapped is not None:
+            data = pickle.dumps(swapped, 5, buffer_callback=bufs.append)
+    if not bufs:
+        return _PICKLE, 0, [data], len(data)
+    try:
+        raws = [b.raw() for b in bufs]
+    except BufferError:  # a buffer that is not contiguous: all in band after all
+        raws = []
+    if not raws or len(raws) > _MAX_BUFFERS:
+        data = pickle.dumps(item, 5)
+        return _PICKLE, 0, [data], len(data)
+    lens = bytearray(8 * len(raws))
+    for i, r in enumerate(raws):
+        _U64.pack_into(lens, 8 * i, r.nbytes | (_READONLY if r.readonly else 0))
+    parts: list[Any] = [lens, _U64.pack(len(data)), data, *raws]
+    return _OOB, len(raws), parts, len(lens) + 8 + len(data) + sum(r.nbytes for r in raws)
+
+
+# -- segment files for items larger than the ring --------------------------------------
+
+_swept = False
+_my_segments: set[int] = set()  # creators whose segments are unlinked at exit
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_dead_segments() -> None:
+    """Unlink segments whose channel's creator is gone (a crashed run's leftovers)."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    try:
+        names = os.listdir(_SEGMENT_DIR)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(_SEGMENT_PREFIX):
+            continue
+        pid_text = name[len(_SEGMENT_PREFIX) :].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            try:
+                os.unlink(os.path.join(_SEGMENT_DIR, name))
+            except OSError:
+                pass
+
+
+def _unlink_own_segments(creator: int) -> None:
+    """At the creator's exit: its channels die with it, so do their segments."""
+    if os.getpid() != creator:
+        return
+    prefix = f"{_SEGMENT_PREFIX}{creator}-"
+    try:
+        names = os.listdir(_SEGMENT_DIR)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(_SEGMENT_DIR, name))
+            except OSError:
+                pass
+
+
+def _write_segment(creator: int, header: int, parts: list[Any], n: int) -> bytes:
+    """Write a record to a segment file of its own; return its name."""
+    name = f"{_SEGMENT_PREFIX}{creator}-{os.urandom(8).hex()}"
+    path = os.path.join(_SEGMENT_DIR, name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, _HDR + n)
+        with mmap.mmap(fd, _HDR + n) as mem:
+            _U64.pack_into(mem, 0, header)
+            at = _HDR
+            for part in parts:
+                k = part.nbytes if isinstance(part, memoryview) else len(part)
+                mem[at : at + k] = part
+                at += k
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    return name.encode()
+
+
+def _read_segment(name: str) -> Any:
+    path = os.path.join(_SEGMENT_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"an item's shared-memory segment {path} is gone: it was removed while the "
+            "item waited in the channel (did the process that made the channel exit?)"
+        ) from None
+    try:
+        os.unlink(path)
+        size = os.fstat(fd).st_size
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mem:
+            view = memoryview(mem)
+            try:
+                (header,) = _U64.unpack_from(view, 0)
+                if (header >> _KIND_SHIFT) & 0xF == _PICKLE:
+                    return pickle.loads(view[_HDR : _HDR + (header & _LEN_MASK)])
+                data, buffers = _decode_parts(view, _HDR, header)
+                return pickle.loads(data, buffers=buffers)
+            finally:
+                view.release()
+    finally:
+        os.close(fd)
+
+
+# -- the channel -----------------------------------------------------------------------
 
 
 class ProcessChannel(Channel[T]):
     """A bounded channel between processes; see :class:`conveyor.Channel`.
 
-    Pass it to child processes as an argument of ``multiprocessing.Process``
-    (any start method). Items are pickled; ``buffer_bytes`` is the size of the
-    shared ring, which limits how many bytes wait in the channel, not how large
-    an item may be (larger items are streamed through it).
+    Pass it to child processes as an argument of ``multiprocessing.Process`` (any
+    start method), as with ``multiprocessing.Queue``. Items are pickled
+    (protocol 5); bytes-like items and numpy arrays travel out of band, copied
+    once into shared memory and once out. ``maxsize`` bounds the items waiting,
+    ``buffer_bytes`` their bytes: a put waits while the ring has no room for its
+    item, and an item larger than the whole ring goes through a shared-memory
+    file of its own.
 
-    For ``block=False`` and timeouts, the channel is also full while its ring has
-    no room for the item (or while another writer streams a large item), and also
-    empty while another reader streams a large item out. A get that finds at the
-    head an item whose writer is still streaming it in takes it, waiting for the
-    rest of its bytes whatever ``block`` and ``timeout`` say (the writer has them
-    in hand).
+    A process killed at any moment, even holding the channel's lock, neither
+    blocks the channel nor corrupts it for the others.
 
     ``put_many`` pickles its items a run at a time as they go in, so an item that
     cannot be pickled raises after the items before it went in. Items are
-    unpickled by the getter; one that cannot be unpickled there is lost and its
-    error raised.
-
-    Like ``multiprocessing.Queue``, it can only be pickled while a process is being
-    started, and a process that dies while it holds the channel's lock (killed in
-    the middle of a put or get) leaves it unusable until ``_fail``.
+    unpickled by the getter; one that cannot be unpickled there is lost (with the
+    rest of its ``get_many``) and its error raised.
     """
 
     kind = "process"
@@ -202,122 +414,128 @@ class ProcessChannel(Channel[T]):
     ) -> None:
         maxsize = check_maxsize(maxsize)
         size = _check_buffer_bytes(buffer_bytes)
+        _sweep_dead_segments()
         fd = _shared_fd(_RING_AT + size)
         try:
-            self._attach(fd, size)
+            self._attach(fd, size, os.getpid())
+            RobustMutex.initialise(self._base)
         except BaseException:
             os.close(fd)
             raise
         self._ctl[_MAXSIZE] = maxsize
-        self._lock: Lock = _spawn.Lock()
-        self._get_sem: Semaphore = _spawn.Semaphore(0)
-        self._put_sem: Semaphore = _spawn.Semaphore(0)
-        self._w_sem: Semaphore = _spawn.Semaphore(0)
-        self._r_sem: Semaphore = _spawn.Semaphore(0)
+        if self._creator not in _my_segments:
+            _my_segments.add(self._creator)
+            atexit.register(_unlink_own_segments, self._creator)
+            # multiprocessing's children leave through os._exit, after its finalizers
+            Finalize(None, _unlink_own_segments, args=(self._creator,), exitpriority=0)
 
-    def _attach(self, fd: int, size: int) -> None:
+    def _attach(self, fd: int, size: int, creator: int) -> None:
         self._fd = fd
         self._size = size
+        self._creator = creator
         self._error: BaseException | None = None
         mem = mmap.mmap(fd, _RING_AT + size)
+        self._anchor = ctypes.c_char.from_buffer(mem)
+        self._base = ctypes.addressof(self._anchor)
         view = memoryview(mem)
-        self._ctl = view[: _SLOTS * 8].cast("q")
+        self._ctl = view[_CTL_AT : _CTL_AT + _SLOTS * 8].cast("q")
+        self._futex = view[_FUTEX_AT : _FUTEX_AT + 8].cast("i")
+        self._get_word = self._base + _FUTEX_AT
+        self._put_word = self._base + _FUTEX_AT + 4
         self._ring = view[_RING_AT:]
         self._error_area = view[_ERROR_AT:_RING_AT]
+        self._mutex = RobustMutex(self._base, self._repair)
         weakref.finalize(self, os.close, fd)
 
     # -- pickling: for multiprocessing.Process arguments -----------------------
 
     def __getstate__(self) -> dict[str, Any]:
         assert_spawning(self)
-        return {
-            "fd": DupFd(self._fd),
-            "size": self._size,
-            "sems": (self._lock, self._get_sem, self._put_sem, self._w_sem, self._r_sem),
-        }
+        return {"fd": DupFd(self._fd), "size": self._size, "creator": self._creator}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._attach(state["fd"].detach(), state["size"])
-        self._lock, self._get_sem, self._put_sem, self._w_sem, self._r_sem = state["sems"]
+        self._attach(state["fd"].detach(), state["size"], state["creator"])
+
+    # -- crash repair -------------------------------------------------------------
+
+    def _repair(self) -> None:
+        """The lock's owner died holding it (lock held): finish or undo its commit."""
+        ctl = self._ctl
+        ctl[_REPAIRS] += 1
+        op = ctl[_OP]
+        if op:
+            records = self._count_records(ctl[_HEAD], ctl[_TAIL])
+            if op == _OP_PUT:
+                ctl[_PUTS] = ctl[_GETS] + records
+            else:
+                ctl[_GETS] = ctl[_PUTS] - records
+            ctl[_OP] = 0
+        self._wake_everyone()
+
+    def _count_records(self, pos: int, tail: int) -> int:
+        ring = self._ring
+        size = self._size
+        count = 0
+        while pos < tail:
+            (header,) = _U64.unpack_from(ring, pos % size)
+            pos += _HDR + _pad(header & _LEN_MASK)
+            count += 1
+        if pos != tail:  # cannot happen unless the memory was written by someone else
+            self._fail_locked(RuntimeError("the channel's shared memory is corrupt"))
+        return count
 
     # -- waiting ----------------------------------------------------------------
 
-    def _wait(self, sem: Semaphore, slot: int, deadline: float | None) -> None:
-        """Sleep until woken through ``sem`` or the deadline; called and returns with the lock."""
+    def _sleep(self, slot: int, word: int, index: int, deadline: float | None) -> None:
+        """Sleep until woken or the deadline; called and returns with the lock."""
         ctl = self._ctl
-        lock = self._lock
         ctl[slot] += 1
-        lock.release()
-        woken = False
+        seen = self._futex[index]
+        self._mutex.release()
         try:
             if deadline is None:
-                woken = sem.acquire()
+                futex_wait(word, seen, _SLICE)
             else:
                 left = deadline - time.monotonic()
-                woken = left > 0 and sem.acquire(True, left)
-        except BaseException:
-            _acquire(lock)
-            if not sem.acquire(False):
-                ctl[slot] -= 1
-            # We may have eaten another waiter's token unaccounted: wake them all.
-            self._wake_all(sem, slot)
-            raise
-        _acquire(lock)
-        if not woken and not sem.acquire(False):
-            # Not woken: take ourselves off the count. (A token posted after the
-            # timeout was counted for one of the waiters; taking it stands for that.)
+                if left > 0:
+                    futex_wait(word, seen, min(left, _SLICE))
+        finally:
+            self._mutex.acquire()
             ctl[slot] -= 1
 
-    def _wake_one(self, sem: Semaphore, slot: int) -> None:
-        ctl = self._ctl
-        if ctl[slot] > 0:
-            ctl[slot] -= 1
-            sem.release()
-
-    def _wake_all(self, sem: Semaphore, slot: int) -> None:
-        ctl = self._ctl
-        n = ctl[slot]
-        ctl[slot] = 0
-        for _ in range(n):
-            sem.release()
-
-    def _wake_getters(self) -> None:
-        ctl = self._ctl
-        if ctl[_GET_WAITERS]:
-            if ctl[_COUNT] == 0 and (ctl[_CLOSED] or ctl[_FAILED]):
-                self._wake_all(self._get_sem, _GET_WAITERS)
-            elif ctl[_COUNT] and not ctl[_R_ACTIVE]:
-                self._wake_one(self._get_sem, _GET_WAITERS)
+    def _wake_getter(self) -> None:
+        if self._ctl[_GET_WAITERS] > 0:
+            futex = self._futex
+            futex[0] = (futex[0] + 1) & 0x3FFFFFFF
+            futex_wake(self._get_word, 1)
 
     def _wake_putters(self) -> None:
-        ctl = self._ctl
-        if ctl[_PUT_WAITERS]:
-            if ctl[_CLOSED] or ctl[_FAILED]:
-                self._wake_all(self._put_sem, _PUT_WAITERS)
-            elif self._may_put():
-                self._wake_one(self._put_sem, _PUT_WAITERS)
+        if self._ctl[_PUT_WAITERS] > 0:
+            futex = self._futex
+            futex[1] = (futex[1] + 1) & 0x3FFFFFFF
+            futex_wake(self._put_word)
 
-    def _may_put(self) -> bool:
-        ctl = self._ctl
-        return (
-            ctl[_COUNT] < ctl[_MAXSIZE]
-            and not ctl[_W_ACTIVE]
-            and self._size - (ctl[_TAIL] - ctl[_HEAD]) >= _HDR
-        )
+    def _wake_everyone(self) -> None:
+        futex = self._futex
+        futex[0] = (futex[0] + 1) & 0x3FFFFFFF
+        futex[1] = (futex[1] + 1) & 0x3FFFFFFF
+        futex_wake(self._get_word)
+        futex_wake(self._put_word)
 
-    # -- the ring -----------------------------------------------------------------
+    # -- the ring -------------------------------------------------------------------
 
-    def _write(self, pos: int, data: bytes | bytearray | memoryview) -> None:
+    def _write(self, pos: int, data: Any) -> int:
         size = self._size
         off = pos % size
-        n = len(data)
+        n = data.nbytes if isinstance(data, memoryview) else len(data)
         if off + n <= size:
             self._ring[off : off + n] = data
         else:
             first = size - off
-            view = memoryview(data)
+            view = memoryview(data).cast("B")
             self._ring[off:size] = view[:first]
             self._ring[: n - first] = view[first:]
+        return pos + n
 
     def _read(self, pos: int, n: int) -> bytes | bytearray:
         size = self._size
@@ -330,36 +548,85 @@ class ProcessChannel(Channel[T]):
         out[first:] = self._ring[: n - first]
         return out
 
-    def _read_into(self, pos: int, out: memoryview) -> None:
-        size = self._size
-        off = pos % size
-        n = len(out)
-        if off + n <= size:
-            out[:] = self._ring[off : off + n]
-        else:
-            first = size - off
-            out[:first] = self._ring[off:size]
-            out[first:] = self._ring[: n - first]
+    def _read_record(self, pos: int, header: int) -> Any:
+        """What a get needs to finish outside the lock, from the record at ``pos``."""
+        n = header & _LEN_MASK
+        kind = (header >> _KIND_SHIFT) & 0xF
+        if kind == _PICKLE:
+            return self._read(pos + _HDR, n)
+        if kind == _SEGMENT:
+            return _SegmentRef(self._read(pos + _HDR, n).decode())
+        off = (pos + _HDR) % self._size
+        if off + n <= self._size:  # not wrapped: buffers are copied out once
+            return _Decoded(_decode_parts(self._ring, off, header))
+        blob = self._read(pos + _HDR, n)  # wrapped (rare): one more copy
+        return _Decoded(_decode_parts(memoryview(blob), 0, header))
 
-    def _read_len(self, pos: int) -> int:
-        off = pos % self._size
-        if off + _HDR <= self._size:
-            n: int = _LEN.unpack_from(self._ring, off)[0]
-        else:
-            n = _LEN.unpack(self._read(pos, _HDR))[0]
-        return n
+    # -- put ------------------------------------------------------------------------
 
-    # -- put side -------------------------------------------------------------------
+    def _room(self) -> int:
+        ctl = self._ctl
+        if ctl[_PUTS] - ctl[_GETS] >= ctl[_MAXSIZE]:
+            return 0
+        return self._size - (ctl[_TAIL] - ctl[_HEAD])
+
+    def _wait_for_room(self, need: int, block: bool, deadline: float | None, done: int) -> None:
+        """Return, lock held, once a record of ``need`` bytes may go in."""
+        ctl = self._ctl
+        while True:
+            if ctl[_FAILED]:
+                self._raise_failure()
+            if ctl[_CLOSED]:
+                raise Closed("put() on a closed channel")
+            if self._room() >= need:
+                return
+            if not block or (deadline is not None and deadline - time.monotonic() <= 0):
+                raise Full(done)
+            self._sleep(_PUT_WAITERS, self._put_word, 1, deadline)
+
+    def _commit_put(self, tail: int, items: int) -> None:
+        ctl = self._ctl
+        ctl[_OP] = _OP_PUT
+        ctl[_TAIL] = tail
+        ctl[_PUTS] += items
+        ctl[_OP] = 0
+        self._wake_getter()
 
     def put(self, item: T, block: bool = True, timeout: float | None = None) -> None:
         deadline = _deadline(block, check_timeout(timeout))
-        data = pickle.dumps(item, 5)
-        _acquire(self._lock)
+        self._put_encoded(_encode(item), block, deadline, 0)
+
+    def _put_encoded(
+        self, encoded: _Encoded, block: bool, deadline: float | None, done: int
+    ) -> None:
+        kind, nbufs, parts, n = encoded
+        header = _header(n, kind, nbufs)
+        segment: bytes | None = None
+        if _HDR + _pad(n) > self._size:
+            segment = _write_segment(self._creator, header, parts, n)
+            parts = [segment]
+            n = len(segment)
+            header = _header(n, _SEGMENT, 0)
+        need = _HDR + _pad(n)
+        mutex = self._mutex
         try:
-            self._put_one(data, block, deadline, 0)
-            self._wake_putters()
-        finally:
-            self._lock.release()
+            mutex.acquire()
+            try:
+                self._wait_for_room(need, block, deadline, done)
+                tail = self._ctl[_TAIL]
+                pos = self._write(tail, _U64.pack(header))
+                for part in parts:
+                    pos = self._write(pos, part)
+                self._commit_put(tail + need, 1)
+            finally:
+                mutex.release()
+        except BaseException:
+            if segment is not None:
+                try:
+                    os.unlink(os.path.join(_SEGMENT_DIR, segment.decode()))
+                except OSError:
+                    pass
+            raise
 
     def put_many(
         self, items: Iterable[T], block: bool = True, timeout: float | None = None
@@ -368,361 +635,142 @@ class ProcessChannel(Channel[T]):
         # put_many holds neither the lock nor a pickled copy of everything.
         deadline: float | None = None
         done = -1
-        for blob, ends in _pickled_runs(items):
+        for blob, ends in _pickled_runs(items, min(_INLINE_MAX, self._size - 2 * _HDR)):
             if done < 0:
                 deadline = _deadline(block, check_timeout(timeout))
                 done = 0
-            _acquire(self._lock)
-            try:
-                if ends is None:
-                    done = self._put_one(blob, block, deadline, done)
-                else:
-                    done = self._put_run(blob, ends, block, deadline, done)
-                self._wake_putters()
-            finally:
-                self._lock.release()
+            if ends is None:
+                self._put_encoded(blob, block, deadline, done)
+                done += 1
+            else:
+                done = self._put_run(blob, ends, block, deadline, done)
         if done < 0:  # nothing to put
-            _acquire(self._lock)
+            self._mutex.acquire()
             try:
-                self._check_open()
+                self._wait_for_room(0, True, None, 0)
             finally:
-                self._lock.release()
-
-    def _put_one(self, data: bytes, block: bool, deadline: float | None, done: int) -> int:
-        """Put one pickle; lock held. Returns ``done + 1``."""
-        ctl = self._ctl
-        if not self._may_put() or ctl[_CLOSED] or ctl[_FAILED]:
-            self._wait_for_room(block, deadline, done)
-        n = len(data)
-        tail = ctl[_TAIL]
-        if _HDR + n > self._size - (tail - ctl[_HEAD]):
-            if not block:
-                raise Full(done)
-            self._stream_in(memoryview(data), deadline, done)
-        elif n < _UNLOCKED_COPY:
-            self._write(tail, _LEN.pack(n))
-            self._write(tail + _HDR, data)
-            ctl[_TAIL] = tail + _HDR + n
-            ctl[_COUNT] += 1
-            ctl[_PUTS] += 1
-        else:  # copy without the lock: [tail, tail + _HDR + n) is ours while _W_ACTIVE
-            ctl[_W_ACTIVE] = 1
-            self._lock.release()
-            try:
-                self._write(tail, _LEN.pack(n))
-                self._write(tail + _HDR, data)
-            finally:
-                _acquire(self._lock)
-                ctl[_W_ACTIVE] = 0
-                self._wake_putters()
-            # A put that ends after close() must fail: the getters may have drained
-            # the channel and gone.
-            self._check_open()
-            ctl[_TAIL] = tail + _HDR + n
-            ctl[_COUNT] += 1
-            ctl[_PUTS] += 1
-        self._wake_getters()
-        return done + 1
+                self._mutex.release()
 
     def _put_run(
         self, blob: bytearray, ends: list[int], block: bool, deadline: float | None, done: int
     ) -> int:
-        """Put records framed back to back in ``blob``; lock held. Returns the new ``done``."""
+        """Put the records framed back to back in ``blob``; returns the new ``done``."""
         ctl = self._ctl
         view = memoryview(blob)
         i, total, start = 0, len(ends), 0
+        mutex = self._mutex
         while i < total:
-            if not self._may_put() or ctl[_CLOSED] or ctl[_FAILED]:
-                self._wait_for_room(block, deadline, done)
-            tail = ctl[_TAIL]
-            free = self._size - (tail - ctl[_HEAD])
-            room = ctl[_MAXSIZE] - ctl[_COUNT]
-            j = bisect_right(ends, start + free, i, min(total, i + room))
-            if j == i:  # the next record does not fit in the free bytes
-                if not block:
-                    raise Full(done)
-                self._stream_in(view[start + _HDR : ends[i]], deadline, done)
-                j = i + 1
-            else:
-                end = ends[j - 1]
-                self._write(tail, view[start:end])
-                ctl[_TAIL] = tail + end - start
-                ctl[_COUNT] += j - i
-                ctl[_PUTS] += j - i
-            done += j - i
-            i, start = j, ends[j - 1]
-            self._wake_getters()
-        return done
-
-    def _stream_in(self, data: memoryview, deadline: float | None, done: int) -> None:
-        """Write a record larger than the free bytes, piece by piece; lock held.
-
-        Entered with the put condition true (so at least the length fits).
-        """
-        ctl = self._ctl
-        n = len(data)
-        start = ctl[_TAIL]
-        self._write(start, _LEN.pack(n))
-        ctl[_TAIL] = start + _HDR
-        ctl[_COUNT] += 1
-        ctl[_W_ACTIVE] = 1
-        self._wake_getters()
-        sent = 0
-        try:
-            while sent < n:
-                if ctl[_FAILED]:
-                    self._raise_failure()
+            mutex.acquire()
+            try:
+                self._wait_for_room(ends[i] - start, block, deadline, done)
                 tail = ctl[_TAIL]
                 free = self._size - (tail - ctl[_HEAD])
-                if free:
-                    k = min(free, n - sent)
-                    # [tail, tail + k) is ours: readers stop at tail, writers wait on _W_ACTIVE.
-                    self._lock.release()
-                    try:
-                        self._write(tail, data[sent : sent + k])
-                    finally:
-                        _acquire(self._lock)
-                    if ctl[_FAILED]:
-                        self._raise_failure()
-                    ctl[_TAIL] = tail + k
-                    sent += k
-                    if ctl[_R_WAITING]:
-                        self._wake_one(self._r_sem, _R_WAITING)
-                elif ctl[_HEAD] > start:  # a reader has begun the record: finish it
-                    self._wait(self._w_sem, _W_WAITING, None)
-                else:
-                    if ctl[_CLOSED]:
-                        raise Closed("put() on a closed channel")
-                    if deadline is not None and deadline - time.monotonic() <= 0:
-                        raise Full(done)
-                    self._wait(self._w_sem, _W_WAITING, deadline)
-        except BaseException as exc:
-            if not ctl[_FAILED]:
-                if ctl[_HEAD] <= start:  # no reader has seen it: withdraw the record
-                    ctl[_TAIL] = start
-                    ctl[_COUNT] -= 1
-                else:  # a reader waits for bytes that will never come
-                    self._fail_locked(
-                        RuntimeError(
-                            "a put() was interrupted in the middle of streaming an item "
-                            f"({type(exc).__name__}); the channel cannot be used any more"
-                        )
-                    )
-            ctl[_W_ACTIVE] = 0
-            self._wake_getters()
-            self._wake_putters()
-            raise
-        ctl[_W_ACTIVE] = 0
-        ctl[_PUTS] += 1
+                count_room = ctl[_MAXSIZE] - (ctl[_PUTS] - ctl[_GETS])
+                j = bisect_right(ends, start + free, i, min(total, i + count_room))
+                end = ends[j - 1]
+                self._write(tail, view[start:end])
+                self._commit_put(tail + end - start, j - i)
+            finally:
+                mutex.release()
+            done += j - i
+            i, start = j, end
+        return done
 
-    def _wait_for_room(self, block: bool, deadline: float | None, done: int) -> None:
+    # -- get ------------------------------------------------------------------------
+
+    def _wait_for_items(self, block: bool, deadline: float | None) -> None:
+        """Return, lock held, once there is an item to take."""
+        ctl = self._ctl
         while True:
-            self._check_open()
-            if self._may_put():
+            if ctl[_FAILED]:
+                self._raise_failure()
+            if ctl[_PUTS] - ctl[_GETS] > 0:
                 return
-            if not block:
-                raise Full(done)
-            if deadline is not None and deadline - time.monotonic() <= 0:
-                raise Full(done)
-            self._wait(self._put_sem, _PUT_WAITERS, deadline)
+            if ctl[_CLOSED]:
+                raise Closed("the channel is closed and drained")
+            if not block or (deadline is not None and deadline - time.monotonic() <= 0):
+                raise queue.Empty
+            self._sleep(_GET_WAITERS, self._get_word, 0, deadline)
 
-    def _check_open(self) -> None:
-        if self._ctl[_FAILED]:
-            self._raise_failure()
-        if self._ctl[_CLOSED]:
-            raise Closed("put() on a closed channel")
-
-    # -- get side -------------------------------------------------------------------
+    def _commit_get(self, head: int, items: int) -> None:
+        ctl = self._ctl
+        ctl[_OP] = _OP_GET
+        ctl[_HEAD] = head
+        ctl[_GETS] += items
+        ctl[_OP] = 0
+        self._wake_putters()
+        if ctl[_PUTS] - ctl[_GETS] > 0:  # pass the turn on
+            self._wake_getter()
 
     def get(self, block: bool = True, timeout: float | None = None) -> T:
         deadline = _deadline(block, check_timeout(timeout))
         ctl = self._ctl
-        _acquire(self._lock)
+        mutex = self._mutex
+        mutex.acquire()
         try:
-            if ctl[_FAILED] or not ctl[_COUNT] or ctl[_R_ACTIVE]:
-                self._wait_for_items(block, deadline)
+            self._wait_for_items(block, deadline)
             head = ctl[_HEAD]
-            n = self._read_len(head)
-            end = head + _HDR + n
-            if end > ctl[_TAIL]:
-                data: bytes | bytearray = self._stream_out(head, n)
-            elif n >= _UNLOCKED_COPY:
-                item: T = self._take_unlocked(head, [n])[0]
-                return item
-            else:
-                data = self._read(head + _HDR, n)
-                ctl[_HEAD] = end
-                ctl[_COUNT] -= 1
-                ctl[_GETS] += 1
-                self._took()
+            (header,) = _U64.unpack_from(self._ring, head % self._size)
+            taken = self._read_record(head, header)
+            self._commit_get(head + _HDR + _pad(header & _LEN_MASK), 1)
         finally:
-            self._lock.release()
-        item = pickle.loads(data)
-        return item
+            mutex.release()
+        return _finish(taken)  # type: ignore[no-any-return]
 
     def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list[T]:
         check_max_items(max_items)
         deadline = _deadline(block, check_timeout(timeout))
         ctl = self._ctl
-        _acquire(self._lock)
+        ring = self._ring
+        size = self._size
+        mutex = self._mutex
+        mutex.acquire()
         try:
-            if ctl[_FAILED] or not ctl[_COUNT] or ctl[_R_ACTIVE]:
-                self._wait_for_items(block, deadline)
+            self._wait_for_items(block, deadline)
             head = pos = ctl[_HEAD]
-            tail = ctl[_TAIL]
-            limit = min(max_items, ctl[_COUNT])
-            lens: list[int] = []
-            read_len = self._read_len
-            while len(lens) < limit:
-                n = read_len(pos)
-                if pos + _HDR + n > tail:  # still being written
-                    break
-                lens.append(n)
-                pos += _HDR + n
-            blob: bytes | bytearray
-            if not lens:
-                blob = self._stream_out(head, read_len(head))
-                streamed = True
-            elif pos - head >= _UNLOCKED_COPY:
-                return self._take_unlocked(head, lens)
+            (header,) = _U64.unpack_from(ring, head % size)
+            if header >> _KIND_SHIFT:  # not a plain pickle: on its own
+                taken = self._read_record(head, header)
+                self._commit_get(head + _HDR + _pad(header & _LEN_MASK), 1)
+                single = True
             else:
+                single = False
+                limit = min(max_items, ctl[_PUTS] - ctl[_GETS])
+                lens: list[int] = []
+                tail = ctl[_TAIL]
+                while True:
+                    n = header & _LEN_MASK
+                    lens.append(n)
+                    pos += _HDR + _pad(n)
+                    if len(lens) == limit or pos >= tail:
+                        break
+                    (header,) = _U64.unpack_from(ring, pos % size)
+                    if header >> _KIND_SHIFT:
+                        break
                 blob = self._read(head, pos - head)
-                streamed = False
-                ctl[_HEAD] = pos
-                ctl[_COUNT] -= len(lens)
-                ctl[_GETS] += len(lens)
-                self._took()
+                self._commit_get(pos, len(lens))
         finally:
-            self._lock.release()
-        if streamed:
-            return [pickle.loads(blob)]
+            mutex.release()
+        if single:
+            return [_finish(taken)]
         view = memoryview(blob)
         out: list[T] = []
         at = 0
         loads = pickle.loads
         for n in lens:
-            at += _HDR
-            out.append(loads(view[at : at + n]))
-            at += n
+            out.append(loads(view[at + _HDR : at + _HDR + n]))
+            at += _HDR + _pad(n)
         return out
-
-    def _take_unlocked(self, head: int, lens: list[int]) -> list[Any]:
-        """Unpickle the complete records at ``head`` straight from the ring; lock held.
-
-        The lock is let go meanwhile: ``[head, ...)`` is ours while _R_ACTIVE.
-        """
-        ctl = self._ctl
-        ring = self._ring
-        size = self._size
-        loads = pickle.loads
-        out: list[Any] = []
-        pos = head
-        ctl[_R_ACTIVE] = 1
-        self._lock.release()
-        try:
-            for n in lens:
-                pos += _HDR
-                off = pos % size
-                out.append(loads(ring[off : off + n] if off + n <= size else self._read(pos, n)))
-                pos += n
-        finally:
-            _acquire(self._lock)
-            ctl[_R_ACTIVE] = 0
-            if not ctl[_FAILED]:
-                # The records are taken even if one failed to unpickle.
-                ctl[_HEAD] = head + _HDR * len(lens) + sum(lens)
-                ctl[_COUNT] -= len(lens)
-                ctl[_GETS] += len(lens)
-                self._took()
-        if ctl[_FAILED]:
-            self._raise_failure()
-        return out
-
-    def _took(self) -> None:
-        if self._ctl[_W_WAITING]:
-            self._wake_one(self._w_sem, _W_WAITING)
-        self._wake_putters()
-        self._wake_getters()
-
-    def _stream_out(self, head: int, n: int) -> bytearray:
-        """Read the record at ``head`` while its writer still streams it in; lock held."""
-        ctl = self._ctl
-        ctl[_R_ACTIVE] = 1
-        pos = head + _HDR
-        ctl[_HEAD] = pos  # from here on the writer cannot withdraw the record
-        out = bytearray(n)
-        view = memoryview(out)
-        got = 0
-        try:
-            while True:
-                if ctl[_W_WAITING]:
-                    self._wake_one(self._w_sem, _W_WAITING)
-                if ctl[_FAILED]:
-                    self._raise_failure()
-                if got == n:
-                    break
-                k = min(ctl[_TAIL] - pos, n - got)
-                if k:
-                    # [pos, pos + k) is ours: the writer is past it, readers wait on _R_ACTIVE.
-                    self._lock.release()
-                    try:
-                        self._read_into(pos, view[got : got + k])
-                    finally:
-                        _acquire(self._lock)
-                    if ctl[_FAILED]:
-                        self._raise_failure()
-                    pos += k
-                    got += k
-                    ctl[_HEAD] = pos
-                else:
-                    self._wait(self._r_sem, _R_WAITING, None)
-        except BaseException as exc:
-            if not ctl[_FAILED]:  # the rest of the record would be read as the next one
-                self._fail_locked(
-                    RuntimeError(
-                        "a get() was interrupted in the middle of streaming an item "
-                        f"({type(exc).__name__}); the channel cannot be used any more"
-                    )
-                )
-            ctl[_R_ACTIVE] = 0
-            raise
-        ctl[_R_ACTIVE] = 0
-        ctl[_COUNT] -= 1
-        ctl[_GETS] += 1
-        self._took()
-        return out
-
-    def _wait_for_items(self, block: bool, deadline: float | None) -> None:
-        ctl = self._ctl
-        while True:
-            if ctl[_FAILED]:
-                self._raise_failure()
-            if ctl[_COUNT]:
-                if not ctl[_R_ACTIVE]:
-                    return
-            elif ctl[_CLOSED]:
-                raise Closed("the channel is closed and drained")
-            if not block:
-                raise queue.Empty
-            if deadline is not None and deadline - time.monotonic() <= 0:
-                raise queue.Empty
-            self._wait(self._get_sem, _GET_WAITERS, deadline)
 
     # -- state ------------------------------------------------------------------------
 
     def close(self) -> None:
-        _acquire(self._lock)
+        self._mutex.acquire()
         try:
             self._ctl[_CLOSED] = 1
             self._wake_everyone()
         finally:
-            self._lock.release()
-
-    def _wake_everyone(self) -> None:
-        self._wake_all(self._get_sem, _GET_WAITERS)
-        self._wake_all(self._put_sem, _PUT_WAITERS)
-        self._wake_all(self._w_sem, _W_WAITING)
-        self._wake_all(self._r_sem, _R_WAITING)
+            self._mutex.release()
 
     @property
     def closed(self) -> bool:
@@ -737,39 +785,27 @@ class ProcessChannel(Channel[T]):
         self._set_maxsize(maxsize)
 
     def qsize(self) -> int:
-        return self._ctl[_COUNT]
+        ctl = self._ctl
+        return max(0, ctl[_PUTS] - ctl[_GETS])
 
     def stats(self) -> ChannelStats:
         ctl = self._ctl
-        _acquire(self._lock)
+        self._mutex.acquire()
         try:
-            return ChannelStats(
-                ctl[_COUNT], ctl[_MAXSIZE], bool(ctl[_CLOSED]), ctl[_PUTS], ctl[_GETS]
-            )
+            puts, gets = ctl[_PUTS], ctl[_GETS]
+            return ChannelStats(puts - gets, ctl[_MAXSIZE], bool(ctl[_CLOSED]), puts, gets)
         finally:
-            self._lock.release()
+            self._mutex.release()
 
     # -- engine-only (as MemoryChannel) ------------------------------------------------
 
     def _fail(self, exc: BaseException) -> None:
-        """Make every waiting and later call, in every process, raise ``exc``; drop the items.
-
-        The lock is only ever held for a short copy, so if it cannot be had within
-        ``_FAIL_WAIT`` seconds the process that holds it is taken to be dead (killed
-        in the middle of a put or get): the channel is failed without it, and the
-        lock is released on that process's behalf so that waiters can see why.
-        """
-        if not self._lock.acquire(True, _FAIL_WAIT):
-            self._fail_locked(exc)
-            try:
-                self._lock.release()
-            except ValueError:  # it was released meanwhile after all
-                pass
-            return
+        """Make every waiting and later call, in every process, raise ``exc``; drop the items."""
+        self._mutex.acquire()
         try:
             self._fail_locked(exc)
         finally:
-            self._lock.release()
+            self._mutex.release()
 
     def _fail_locked(self, exc: BaseException) -> None:
         ctl = self._ctl
@@ -783,16 +819,31 @@ class ProcessChannel(Channel[T]):
             if not data or _HDR + len(data) > len(area):
                 data = pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"[:1000]), 5)
             area[_HDR : _HDR + len(data)] = data
-            _LEN.pack_into(area, 0, len(data))
+            _U64.pack_into(area, 0, len(data))
             ctl[_FAILED] = 1
+        self._drop_segments(ctl[_HEAD], ctl[_TAIL])
+        ctl[_OP] = _OP_GET
         ctl[_HEAD] = ctl[_TAIL]
-        ctl[_COUNT] = 0
+        ctl[_GETS] = ctl[_PUTS]
+        ctl[_OP] = 0
         self._wake_everyone()
+
+    def _drop_segments(self, pos: int, tail: int) -> None:
+        ring, size = self._ring, self._size
+        while pos < tail:
+            (header,) = _U64.unpack_from(ring, pos % size)
+            n = header & _LEN_MASK
+            if (header >> _KIND_SHIFT) & 0xF == _SEGMENT:
+                try:
+                    os.unlink(os.path.join(_SEGMENT_DIR, self._read(pos + _HDR, n).decode()))
+                except (OSError, UnicodeDecodeError):
+                    pass
+            pos += _HDR + _pad(n)
 
     def _raise_failure(self) -> None:
         if self._error is None:
             area = self._error_area
-            (n,) = _LEN.unpack_from(area, 0)
+            (n,) = _U64.unpack_from(area, 0)
             try:
                 self._error = pickle.loads(area[_HDR : _HDR + n])
             except Exception as exc:
@@ -802,33 +853,84 @@ class ProcessChannel(Channel[T]):
 
     def _set_maxsize(self, maxsize: int) -> None:
         check_maxsize(maxsize)
-        _acquire(self._lock)
+        self._mutex.acquire()
         try:
             grew = maxsize > self._ctl[_MAXSIZE]
             self._ctl[_MAXSIZE] = maxsize
             if grew:
                 self._wake_putters()
         finally:
-            self._lock.release()
+            self._mutex.release()
 
 
-def _pickled_runs(items: Iterable[Any]) -> Iterator[tuple[Any, list[int] | None]]:
-    """Pickle items in order: yield ``(framed records, their end offsets)`` for runs
-    of small pickles, ``(pickle, None)`` for each large one."""
+# -- what a get finishes outside the lock ----------------------------------------------
+
+
+class _SegmentRef:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Decoded:
+    """A record whose bytes were already copied out: ``(pickle, buffers)``."""
+
+    __slots__ = ("buffers", "data")
+
+    def __init__(self, parts: tuple[bytes, list[bytes | bytearray]]) -> None:
+        self.data, self.buffers = parts
+
+
+def _decode_parts(view: memoryview, at: int, header: int) -> tuple[bytes, list[bytes | bytearray]]:
+    """Copy an out-of-band record's pickle and buffers out of ``view[at:]``."""
+    nbufs = header >> _NBUF_SHIFT
+    lens = [_U64.unpack_from(view, at + 8 * i)[0] for i in range(nbufs)]
+    at += 8 * nbufs
+    (plen,) = _U64.unpack_from(view, at)
+    at += 8
+    data = view[at : at + plen].tobytes()
+    at += plen
+    buffers: list[bytes | bytearray] = []
+    for word in lens:
+        k = word & ~_READONLY
+        chunk = view[at : at + k]
+        buffers.append(chunk.tobytes() if word & _READONLY else bytearray(chunk))
+        at += k
+    return data, buffers
+
+
+def _finish(taken: Any) -> Any:
+    t = type(taken)
+    if t is _Decoded:
+        return pickle.loads(taken.data, buffers=taken.buffers)
+    if t is _SegmentRef:
+        return _read_segment(taken.name)
+    return pickle.loads(taken)
+
+
+def _pickled_runs(items: Iterable[Any], inline_max: int) -> Iterator[tuple[Any, list[int] | None]]:
+    """Frame plain pickles of up to ``inline_max`` bytes in runs: yield ``(records, their
+    end offsets)``, and ``(encoded item, None)`` for each item that goes in on its own."""
     buf = bytearray()
     ends: list[int] = []
     dumps = pickle.dumps
-    pack = _LEN.pack
+    pack = _U64.pack
+    bufs: list[Any] = []
+    callback = bufs.append
     for item in items:
-        data = dumps(item, 5)
-        if len(data) > _INLINE_MAX:
+        data = dumps(item, 5, buffer_callback=callback)
+        n = len(data)
+        if bufs or n > inline_max or (type(item) in (bytes, bytearray) and n >= _OOB_PART):
             if ends:
                 yield buf, ends
                 buf, ends = bytearray(), []
-            yield data, None
+            yield _encode(item, data, bufs[:]), None
+            bufs.clear()
         else:
-            buf += pack(len(data))
+            buf += pack(n)
             buf += data
+            buf += bytes(_pad(n) - n)
             ends.append(len(buf))
             if len(buf) >= _RUN_BYTES:
                 yield buf, ends

@@ -84,6 +84,28 @@ def test_queue_bound_holds_between_stages(kind: str, gate: Gate) -> None:
         run.wait()
 
 
+def _fails_on_multiples_of_9973(x: int) -> int:
+    if x % 9973 == 0:
+        raise ValueError(x)
+    return x * 2
+
+
+def test_range_source_batches(kind: str) -> None:
+    # a range feeding process workers travels as slices of itself: same results, same
+    # order, and a failed item is named as the item itself
+    src = range(7, 200_007, 2)
+    run = (
+        cv.Pipeline()
+        .source(src)
+        .map(_fails_on_multiples_of_9973, workers=2, kind=kind, on_error="skip")
+        .run()
+    )
+    out = list(run)
+    bad = [x for x in src if x % 9973 == 0]
+    assert out == [x * 2 for x in src if x % 9973]
+    assert sorted(f.item for f in run.failures) == bad
+
+
 @pytest.mark.parametrize("ordered", [True, False])
 def test_chunks_larger_than_the_next_input_get_through(kind: str, ordered: bool) -> None:
     # the first stage's batches (40 items) do not fit the second's input (3): it waits

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._channels._memory import MemoryChannel
 from .._errors import Cancelled, StageError
@@ -63,10 +63,10 @@ class _SourceFeeder(ThreadHandle):
         self.slot = WorkerSlot(f"{spec.name}-1", spec.name, 1, "thread")
         self.thread = threading.Thread(target=self._run, name=self.slot.name, daemon=True)
 
-    def _emit(self, chunk: list[Any]) -> None:
+    def _emit(self, chunk: Sequence[Any]) -> None:
         slot = self.slot
         slot.set_state("blocked")
-        self.out._put_list(chunk)
+        self.out._put_list(cast("list[Any]", chunk))  # the channel keeps chunks as they are
         slot.items_out += len(chunk)
         slot.items_done += len(chunk)
         slot.set_state("busy")
@@ -81,6 +81,13 @@ class _SourceFeeder(ThreadHandle):
         quarter of it), and a large batch is taken in one piece."""
         return max(1, min(max(SOURCE_CHUNK, self.out.maxsize // 4), self.out.maxsize))
 
+    def _range_size(self) -> int:
+        """Items per chunk of a range that feeds a process stage: a batch's worth. The
+        chunk stays a range (the channel keeps chunks as they come), a batch is taken
+        as one chunk, and its pickle is a few bytes: neither this process nor the
+        worker makes a list of the items."""
+        return max(1, min(self.run._stages[0].batch_size(), self.out.maxsize))
+
     def _run(self) -> None:
         slot, stop = self.slot, self.run.control.stop
         slot.pid = os.getpid()
@@ -88,7 +95,13 @@ class _SourceFeeder(ThreadHandle):
         slot.set_state("busy")
         iterable = self.spec.iterable
         try:
-            if isinstance(iterable, (list, tuple, range)):
+            if isinstance(iterable, range) and self.run._stages[0].spec.kind == "process":
+                i, n = 0, len(iterable)
+                while i < n and not stop[0]:
+                    k = self._range_size()
+                    self._emit(iterable[i : i + k])
+                    i += k
+            elif isinstance(iterable, (list, tuple, range)):
                 i, n = 0, len(iterable)
                 while i < n and not stop[0]:
                     k = self._slice_size()

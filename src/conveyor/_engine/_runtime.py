@@ -241,6 +241,7 @@ class StageRuntime:
 
     def take(self, slot: WorkerSlot, report: bool = True) -> tuple[int, list[Any]] | None:
         """The next batch and its sequence number; None once the input is exhausted.
+        The batch is a list, or a slice of a range source: read it, never change it.
 
         ``report``: show the wait in the worker's state (a process worker's feeder
         reports in ``feeder_state``: its collector owns ``state``).

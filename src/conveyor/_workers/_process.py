@@ -478,7 +478,7 @@ class ProcessWorker(ThreadHandle):
                 if got is None:
                     break
                 seq, items = got
-                payload = self._pickle(items)
+                payload, items = self._pickle(items)
                 if payload is None:  # every item failed to pickle
                     feed.complete(seq, [], slot)
                     continue
@@ -500,21 +500,22 @@ class ProcessWorker(ThreadHandle):
                 self._exhausted = True
                 self._cond.notify_all()
 
-    def _pickle(self, items: list[Any]) -> bytes | None:
-        """The batch's pickle; items that cannot be pickled fail (and, if on_error lets
-        the run go on, leave the batch)."""
+    def _pickle(self, items: list[Any]) -> tuple[bytes | None, list[Any]]:
+        """The batch's pickle and its items: items that cannot be pickled fail (and, if
+        on_error lets the run go on, leave the batch). ``items`` is not changed (it can
+        be a range, see the source feeder)."""
         while True:
             try:
-                return dumps_items(items)
+                return dumps_items(items), items
             except Exception as exc:
                 found = first_unpicklable(items)
                 index, cause = found if found is not None else (0, exc)
                 self._unpicklable(items, index, cause)
                 if self.feed.stop[0]:
                     raise Stopping from None
-                items[:] = items[:index] + items[index + 1 :]
+                items = [*items[:index], *items[index + 1 :]]
                 if not items:
-                    return None
+                    return None, items
 
     # -- ending -----------------------------------------------------------------------
 

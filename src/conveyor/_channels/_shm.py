@@ -83,7 +83,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import Closed
 from ._base import Channel, ChannelStats, Full, check_max_items, check_maxsize, check_timeout
-from ._sync import MUTEX_BYTES, RobustMutex, futex_wait, futex_wake
+from ._sync import MUTEX_BYTES, RobustMutex, futex_wait, futex_wake, mutex_lock, mutex_unlock
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -137,7 +137,15 @@ _OOB_MIN = 64 * 1024
 _OOB_PART = 16 * 1024
 _MIN_BUFFER = 64
 _SLICE = 0.5  # seconds: the longest sleep before a sleeper looks again
+_SPINS = 200  # looks at the count (about 10 us) before a getter sleeps
+_BUFFER_TYPES = (bytes, bytearray, memoryview)
+_PADS = [bytes(k) for k in range(8)]
+_dumps = pickle.dumps
+_loads = pickle.loads
 DEFAULT_BUFFER_BYTES = 8 << 20
+
+_mutex_lock = mutex_lock
+_mutex_unlock = mutex_unlock
 
 _SEGMENT_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 _SEGMENT_PREFIX = "conveyor-"
@@ -445,6 +453,7 @@ class ProcessChannel(Channel[T]):
         self._ring = view[_RING_AT:]
         self._error_area = view[_ERROR_AT:_RING_AT]
         self._mutex = RobustMutex(self._base, self._repair)
+        self._inline_max = min(_INLINE_MAX, size - 2 * _HDR)
         weakref.finalize(self, os.close, fd)
 
     # -- pickling: for multiprocessing.Process arguments -----------------------
@@ -594,7 +603,47 @@ class ProcessChannel(Channel[T]):
 
     def put(self, item: T, block: bool = True, timeout: float | None = None) -> None:
         deadline = _deadline(block, check_timeout(timeout))
-        self._put_encoded(_encode(item), block, deadline, 0)
+        if type(item) in _BUFFER_TYPES:
+            self._put_encoded(_encode(item), block, deadline, 0)
+            return
+        bufs: list[Any] = []
+        data = _dumps(item, 5, buffer_callback=bufs.append)
+        n = len(data)
+        if bufs or n > self._inline_max:
+            self._put_encoded(_encode(item, data, bufs), block, deadline, 0)
+            return
+        # the common case, inline: a small plain pickle
+        need = _HDR + _pad(n)
+        ctl = self._ctl
+        size = self._size
+        address = self._base
+        rc = _mutex_lock(address)
+        if rc:
+            self._mutex.after_lock(rc)
+        try:
+            if (
+                ctl[_FAILED]
+                or ctl[_CLOSED]
+                or ctl[_PUTS] - ctl[_GETS] >= ctl[_MAXSIZE]
+                or size - (ctl[_TAIL] - ctl[_HEAD]) < need
+            ):
+                self._wait_for_room(need, block, deadline, 0)
+            tail = ctl[_TAIL]
+            off = tail % size
+            if off + need <= size:
+                ring = self._ring
+                _U64.pack_into(ring, off, n)
+                ring[off + _HDR : off + _HDR + n] = data
+            else:
+                self._write(self._write(tail, _U64.pack(n)), data)
+            ctl[_OP] = _OP_PUT
+            ctl[_TAIL] = tail + need
+            ctl[_PUTS] += 1
+            ctl[_OP] = 0
+            if ctl[_GET_WAITERS] > 0:
+                self._wake_getter()
+        finally:
+            _mutex_unlock(address)
 
     def _put_encoded(
         self, encoded: _Encoded, block: bool, deadline: float | None, done: int
@@ -635,7 +684,7 @@ class ProcessChannel(Channel[T]):
         # put_many holds neither the lock nor a pickled copy of everything.
         deadline: float | None = None
         done = -1
-        for blob, ends in _pickled_runs(items, min(_INLINE_MAX, self._size - 2 * _HDR)):
+        for blob, ends in _pickled_runs(items, self._inline_max):
             if done < 0:
                 deadline = _deadline(block, check_timeout(timeout))
                 done = 0
@@ -705,17 +754,46 @@ class ProcessChannel(Channel[T]):
     def get(self, block: bool = True, timeout: float | None = None) -> T:
         deadline = _deadline(block, check_timeout(timeout))
         ctl = self._ctl
-        mutex = self._mutex
-        mutex.acquire()
+        if block and ctl[_PUTS] - ctl[_GETS] <= 0:
+            self._spin()
+        size = self._size
+        ring = self._ring
+        address = self._base
+        rc = _mutex_lock(address)
+        if rc:
+            self._mutex.after_lock(rc)
         try:
-            self._wait_for_items(block, deadline)
+            if ctl[_PUTS] - ctl[_GETS] <= 0 or ctl[_FAILED]:
+                self._wait_for_items(block, deadline)
             head = ctl[_HEAD]
-            (header,) = _U64.unpack_from(self._ring, head % self._size)
-            taken = self._read_record(head, header)
-            self._commit_get(head + _HDR + _pad(header & _LEN_MASK), 1)
+            off = head % size
+            (header,) = _U64.unpack_from(ring, off)
+            need = _HDR + _pad(header & _LEN_MASK)
+            if header <= _LEN_MASK and off + need <= size:  # a plain pickle, not wrapped
+                taken: Any = ring[off + _HDR : off + _HDR + header].tobytes()
+            else:
+                taken = self._read_record(head, header)
+            ctl[_OP] = _OP_GET
+            ctl[_HEAD] = head + need
+            ctl[_GETS] += 1
+            ctl[_OP] = 0
+            if ctl[_PUT_WAITERS] > 0:
+                self._wake_putters()
+            if ctl[_GET_WAITERS] > 0 and ctl[_PUTS] - ctl[_GETS] > 0:  # pass the turn on
+                self._wake_getter()
         finally:
-            mutex.release()
+            _mutex_unlock(address)
+        if type(taken) is bytes:
+            return _loads(taken)  # type: ignore[no-any-return]
         return _finish(taken)  # type: ignore[no-any-return]
+
+    def _spin(self) -> None:
+        """Look for an item a little before sleeping: a put that finds no sleeper makes
+        no system call, and here a wake-up costs more than a short wait."""
+        ctl = self._ctl
+        for _ in range(_SPINS):
+            if ctl[_PUTS] - ctl[_GETS] > 0 or ctl[_CLOSED] or ctl[_FAILED]:
+                return
 
     def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list[T]:
         check_max_items(max_items)
@@ -911,26 +989,31 @@ def _finish(taken: Any) -> Any:
 
 def _pickled_runs(items: Iterable[Any], inline_max: int) -> Iterator[tuple[Any, list[int] | None]]:
     """Frame plain pickles of up to ``inline_max`` bytes in runs: yield ``(records, their
-    end offsets)``, and ``(encoded item, None)`` for each item that goes in on its own."""
+    end offsets)``, and ``(encoded item, None)`` for each item that goes in on its own.
+
+    Small items are pickled in band here (a numpy array of a few KB costs nothing
+    to copy); larger ones are pickled again by ``_encode``, out of band.
+    """
     buf = bytearray()
     ends: list[int] = []
     dumps = pickle.dumps
     pack = _U64.pack
-    bufs: list[Any] = []
-    callback = bufs.append
+    pads = _PADS
     for item in items:
-        data = dumps(item, 5, buffer_callback=callback)
-        n = len(data)
-        if bufs or n > inline_max or (type(item) in (bytes, bytearray) and n >= _OOB_PART):
+        if type(item) in _BUFFER_TYPES:
+            data = None
+        else:
+            data = dumps(item, 5)
+        if data is None or len(data) > inline_max:
             if ends:
                 yield buf, ends
                 buf, ends = bytearray(), []
-            yield _encode(item, data, bufs[:]), None
-            bufs.clear()
+            yield _encode(item), None
         else:
+            n = len(data)
             buf += pack(n)
             buf += data
-            buf += bytes(_pad(n) - n)
+            buf += pads[-n & 7]
             ends.append(len(buf))
             if len(buf) >= _RUN_BYTES:
                 yield buf, ends

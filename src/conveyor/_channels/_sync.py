@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["MUTEX_BYTES", "RobustMutex", "futex_wait", "futex_wake"]
+__all__ = ["MUTEX_BYTES", "RobustMutex", "futex_wait", "futex_wake", "mutex_lock", "mutex_unlock"]
 
 # Room reserved for one pthread_mutex_t (glibc: 40 bytes on x86-64, 48 on arm64;
 # musl: 40); the mutex attributes object is at most 8 bytes everywhere.
@@ -52,6 +52,10 @@ _mutex_lock = _fn("pthread_mutex_lock", _vp)
 _mutex_trylock = _fn("pthread_mutex_trylock", _vp)
 _mutex_unlock = _fn("pthread_mutex_unlock", _vp)
 _mutex_consistent = _fn("pthread_mutex_consistent", _vp)
+
+# for hot paths: mutex_lock(address) returns 0, or a code for RobustMutex.after_lock
+mutex_lock = _mutex_lock
+mutex_unlock = _mutex_unlock
 
 _PTHREAD_PROCESS_SHARED = 1
 _PTHREAD_MUTEX_ROBUST = 1
@@ -90,17 +94,18 @@ class RobustMutex:
     def acquire(self) -> None:
         rc = _mutex_lock(self._address)
         if rc:
-            self._after(rc)
+            self.after_lock(rc)
 
     def try_acquire(self) -> bool:
         rc = _mutex_trylock(self._address)
         if rc == errno.EBUSY:
             return False
         if rc:
-            self._after(rc)
+            self.after_lock(rc)
         return True
 
-    def _after(self, rc: int) -> None:
+    def after_lock(self, rc: int) -> None:
+        """Finish a lock call that returned ``rc`` (non-zero): repair, or raise."""
         if rc == errno.EOWNERDEAD:
             try:
                 self._on_owner_died()
@@ -143,7 +148,16 @@ class _Timespec(ctypes.Structure):
 
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
-_long = ctypes.c_long
+# syscall() is variadic; every argument here is a register-sized integer or pointer.
+_syscall.argtypes = [
+    ctypes.c_long,
+    ctypes.c_void_p,
+    ctypes.c_long,
+    ctypes.c_long,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_long,
+]
 
 
 def futex_wait(address: int, expected: int, timeout: float) -> None:
@@ -156,21 +170,10 @@ def futex_wait(address: int, expected: int, timeout: float) -> None:
         time.sleep(min(timeout, 0.001))
         return
     ts = _Timespec(int(timeout), int((timeout % 1.0) * 1e9))
-    _syscall(
-        _long(_FUTEX_NR),
-        _vp(address),
-        _long(_FUTEX_WAIT),
-        _long(expected),
-        ctypes.byref(ts),
-        _vp(None),
-        _long(0),
-    )
+    _syscall(_FUTEX_NR, address, _FUTEX_WAIT, expected, ctypes.addressof(ts), None, 0)
 
 
 def futex_wake(address: int, n: int = _INT_MAX) -> None:
     """Wake up to ``n`` sleepers on the int32 at ``address`` (all by default)."""
-    if _FUTEX_NR is None:
-        return
-    _syscall(
-        _long(_FUTEX_NR), _vp(address), _long(_FUTEX_WAKE), _long(n), _vp(None), _vp(None), _long(0)
-    )
+    if _FUTEX_NR is not None:
+        _syscall(_FUTEX_NR, address, _FUTEX_WAKE, n, None, None, 0)

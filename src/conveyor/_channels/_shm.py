@@ -140,6 +140,7 @@ _SLICE = 0.5  # seconds: the longest sleep before a sleeper looks again
 _SPINS = 200  # looks at the count (about 10 us) before a getter sleeps
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
 _PADS = [bytes(k) for k in range(8)]
+_SCALARS = (int, float, str, bool, type(None))
 _dumps = pickle.dumps
 _loads = pickle.loads
 DEFAULT_BUFFER_BYTES = 8 << 20
@@ -603,11 +604,17 @@ class ProcessChannel(Channel[T]):
 
     def put(self, item: T, block: bool = True, timeout: float | None = None) -> None:
         deadline = _deadline(block, check_timeout(timeout))
-        if type(item) in _BUFFER_TYPES:
-            self._put_encoded(_encode(item), block, deadline, 0)
-            return
+        t = type(item)
         bufs: list[Any] = []
-        data = _dumps(item, 5, buffer_callback=bufs.append)
+        if t in _SCALARS:
+            data = _dumps(item, 5)
+        elif t in _BUFFER_TYPES:
+            if t is memoryview or len(item) >= _OOB_PART:  # type: ignore[arg-type]
+                self._put_encoded(_encode(item), block, deadline, 0)
+                return
+            data = _dumps(item, 5)
+        else:
+            data = _dumps(item, 5, buffer_callback=bufs.append)
         n = len(data)
         if bufs or n > self._inline_max:
             self._put_encoded(_encode(item, data, bufs), block, deadline, 0)
@@ -991,24 +998,30 @@ def _pickled_runs(items: Iterable[Any], inline_max: int) -> Iterator[tuple[Any, 
     """Frame plain pickles of up to ``inline_max`` bytes in runs: yield ``(records, their
     end offsets)``, and ``(encoded item, None)`` for each item that goes in on its own.
 
-    Small items are pickled in band here (a numpy array of a few KB costs nothing
-    to copy); larger ones are pickled again by ``_encode``, out of band.
+    An item with out-of-band buffers, or a large one, goes in on its own.
     """
     buf = bytearray()
     ends: list[int] = []
     dumps = pickle.dumps
     pack = _U64.pack
     pads = _PADS
+    bufs: list[Any] = []
+    callback = bufs.append
     for item in items:
-        if type(item) in _BUFFER_TYPES:
-            data = None
-        else:
+        t = type(item)
+        data: bytes | None
+        if t in _SCALARS:
             data = dumps(item, 5)
-        if data is None or len(data) > inline_max:
+        elif t in _BUFFER_TYPES:
+            data = None if t is memoryview or len(item) >= _OOB_PART else dumps(item, 5)
+        else:
+            data = dumps(item, 5, buffer_callback=callback)
+        if data is None or bufs or len(data) > inline_max:
             if ends:
                 yield buf, ends
                 buf, ends = bytearray(), []
-            yield _encode(item), None
+            yield _encode(item, data, bufs[:]), None
+            bufs.clear()
         else:
             n = len(data)
             buf += pack(n)

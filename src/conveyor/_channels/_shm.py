@@ -86,7 +86,7 @@ from ._base import Channel, ChannelStats, Full, check_max_items, check_maxsize, 
 from ._sync import MUTEX_BYTES, RobustMutex, futex_wait, futex_wake, mutex_lock, mutex_unlock
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 T = TypeVar("T")
 _Encoded = tuple[int, int, list[Any], int]
@@ -253,6 +253,20 @@ def _members_out_of_band(item: Any) -> Any:
     elif (t is list or t is tuple) and any(_big_buffer(v) for v in item):
         return t(_out_of_band(v) for v in item)
     return None
+
+
+def _first_pickle(item: Any, buffer_callback: Callable[[Any], None]) -> bytes | None:
+    """The pickle a put tries first, or None for an item that goes out of band whole.
+
+    Scalars and small bytes need no buffer callback; anything else may hand buffers
+    to ``buffer_callback``, and then goes in through ``_encode``.
+    """
+    t = type(item)
+    if t in _SCALARS:
+        return _dumps(item, 5)
+    if t in _BUFFER_TYPES:
+        return None if t is memoryview or len(item) >= _OOB_PART else _dumps(item, 5)
+    return _dumps(item, 5, buffer_callback=buffer_callback)
 
 
 def _encode(item: Any, data: bytes | None = None, bufs: list[Any] | None = None) -> _Encoded:
@@ -482,24 +496,31 @@ class ProcessChannel(Channel[T]):
             ctl[_OP] = 0
         self._wake_everyone()
 
-    def _count_records(self, pos: int, tail: int) -> int:
-        ring = self._ring
-        size = self._size
-        count = 0
+    def _records(self, pos: int, tail: int) -> Iterator[tuple[int, int]]:
+        """``(position, header)`` of each record from ``pos`` on, while before ``tail``."""
+        ring, size = self._ring, self._size
         while pos < tail:
             (header,) = _U64.unpack_from(ring, pos % size)
+            yield pos, header
             pos += _HDR + _pad(header & _LEN_MASK)
+
+    def _count_records(self, pos: int, tail: int) -> int:
+        count, end = 0, pos
+        for at, header in self._records(pos, tail):
             count += 1
-        if pos != tail:  # cannot happen unless the memory was written by someone else
+            end = at + _HDR + _pad(header & _LEN_MASK)
+        if end != tail:  # cannot happen unless the memory was written by someone else
             self._fail_locked(RuntimeError("the channel's shared memory is corrupt"))
         return count
 
     # -- waiting ----------------------------------------------------------------
 
-    def _sleep(self, slot: int, word: int, index: int, deadline: float | None) -> None:
-        """Sleep until woken or the deadline; called and returns with the lock."""
+    def _sleep(self, slot: int, index: int, deadline: float | None) -> None:
+        """Sleep on futex word ``index`` (0: getters', 1: putters') until woken or the
+        deadline; called and returns with the lock."""
         ctl = self._ctl
         ctl[slot] += 1
+        word = self._base + _FUTEX_AT + 4 * index
         seen = self._futex[index]
         self._mutex.release()
         try:
@@ -592,7 +613,7 @@ class ProcessChannel(Channel[T]):
                 return
             if not block or (deadline is not None and deadline - time.monotonic() <= 0):
                 raise Full(done)
-            self._sleep(_PUT_WAITERS, self._put_word, 1, deadline)
+            self._sleep(_PUT_WAITERS, 1, deadline)
 
     def _commit_put(self, tail: int, items: int) -> None:
         ctl = self._ctl
@@ -604,21 +625,12 @@ class ProcessChannel(Channel[T]):
 
     def put(self, item: T, block: bool = True, timeout: float | None = None) -> None:
         deadline = _deadline(block, check_timeout(timeout))
-        t = type(item)
         bufs: list[Any] = []
-        if t in _SCALARS:
-            data = _dumps(item, 5)
-        elif t in _BUFFER_TYPES:
-            if t is memoryview or len(item) >= _OOB_PART:  # type: ignore[arg-type]
-                self._put_encoded(_encode(item), block, deadline, 0)
-                return
-            data = _dumps(item, 5)
-        else:
-            data = _dumps(item, 5, buffer_callback=bufs.append)
-        n = len(data)
-        if bufs or n > self._inline_max:
+        data = _first_pickle(item, bufs.append)
+        if data is None or bufs or len(data) > self._inline_max:
             self._put_encoded(_encode(item, data, bufs), block, deadline, 0)
             return
+        n = len(data)
         # the common case, inline: a small plain pickle
         need = _HDR + _pad(n)
         ctl = self._ctl
@@ -643,12 +655,7 @@ class ProcessChannel(Channel[T]):
                 ring[off + _HDR : off + _HDR + n] = data
             else:
                 self._write(self._write(tail, _U64.pack(n)), data)
-            ctl[_OP] = _OP_PUT
-            ctl[_TAIL] = tail + need
-            ctl[_PUTS] += 1
-            ctl[_OP] = 0
-            if ctl[_GET_WAITERS] > 0:
-                self._wake_getter()
+            self._commit_put(tail + need, 1)
         finally:
             _mutex_unlock(address)
 
@@ -746,7 +753,7 @@ class ProcessChannel(Channel[T]):
                 raise Closed("the channel is closed and drained")
             if not block or (deadline is not None and deadline - time.monotonic() <= 0):
                 raise queue.Empty
-            self._sleep(_GET_WAITERS, self._get_word, 0, deadline)
+            self._sleep(_GET_WAITERS, 0, deadline)
 
     def _commit_get(self, head: int, items: int) -> None:
         ctl = self._ctl
@@ -780,14 +787,7 @@ class ProcessChannel(Channel[T]):
                 taken: Any = ring[off + _HDR : off + _HDR + header].tobytes()
             else:
                 taken = self._read_record(head, header)
-            ctl[_OP] = _OP_GET
-            ctl[_HEAD] = head + need
-            ctl[_GETS] += 1
-            ctl[_OP] = 0
-            if ctl[_PUT_WAITERS] > 0:
-                self._wake_putters()
-            if ctl[_GET_WAITERS] > 0 and ctl[_PUTS] - ctl[_GETS] > 0:  # pass the turn on
-                self._wake_getter()
+            self._commit_get(head + need, 1)
         finally:
             _mutex_unlock(address)
         if type(taken) is bytes:
@@ -914,16 +914,13 @@ class ProcessChannel(Channel[T]):
         self._wake_everyone()
 
     def _drop_segments(self, pos: int, tail: int) -> None:
-        ring, size = self._ring, self._size
-        while pos < tail:
-            (header,) = _U64.unpack_from(ring, pos % size)
-            n = header & _LEN_MASK
+        for at, header in self._records(pos, tail):
             if (header >> _KIND_SHIFT) & 0xF == _SEGMENT:
+                name = self._read(at + _HDR, header & _LEN_MASK)
                 try:
-                    os.unlink(os.path.join(_SEGMENT_DIR, self._read(pos + _HDR, n).decode()))
+                    os.unlink(os.path.join(_SEGMENT_DIR, name.decode()))
                 except (OSError, UnicodeDecodeError):
                     pass
-            pos += _HDR + _pad(n)
 
     def _raise_failure(self) -> None:
         if self._error is None:
@@ -1002,20 +999,13 @@ def _pickled_runs(items: Iterable[Any], inline_max: int) -> Iterator[tuple[Any, 
     """
     buf = bytearray()
     ends: list[int] = []
-    dumps = pickle.dumps
+    first_pickle = _first_pickle
     pack = _U64.pack
     pads = _PADS
     bufs: list[Any] = []
     callback = bufs.append
     for item in items:
-        t = type(item)
-        data: bytes | None
-        if t in _SCALARS:
-            data = dumps(item, 5)
-        elif t in _BUFFER_TYPES:
-            data = None if t is memoryview or len(item) >= _OOB_PART else dumps(item, 5)
-        else:
-            data = dumps(item, 5, buffer_callback=callback)
+        data = first_pickle(item, callback)
         if data is None or bufs or len(data) > inline_max:
             if ends:
                 yield buf, ends

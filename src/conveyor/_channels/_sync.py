@@ -49,7 +49,6 @@ _mutexattr_setpshared = _fn("pthread_mutexattr_setpshared", _vp, ctypes.c_int)
 _mutexattr_setrobust = _fn("pthread_mutexattr_setrobust", _vp, ctypes.c_int)
 _mutex_init = _fn("pthread_mutex_init", _vp, _vp)
 _mutex_lock = _fn("pthread_mutex_lock", _vp)
-_mutex_trylock = _fn("pthread_mutex_trylock", _vp)
 _mutex_unlock = _fn("pthread_mutex_unlock", _vp)
 _mutex_consistent = _fn("pthread_mutex_consistent", _vp)
 
@@ -95,14 +94,6 @@ class RobustMutex:
         rc = _mutex_lock(self._address)
         if rc:
             self.after_lock(rc)
-
-    def try_acquire(self) -> bool:
-        rc = _mutex_trylock(self._address)
-        if rc == errno.EBUSY:
-            return False
-        if rc:
-            self.after_lock(rc)
-        return True
 
     def after_lock(self, rc: int) -> None:
         """Finish a lock call that returned ``rc`` (non-zero): repair, or raise."""

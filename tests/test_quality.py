@@ -35,3 +35,19 @@ def test_ruff_lint() -> None:
 
 def test_ruff_format() -> None:
     check(tool("ruff"), "format", "--check", "src", "tests", "examples", "bench")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the C hot paths are for Linux")
+def test_the_c_extension_is_built() -> None:
+    """``pip install`` builds the process channel's C hot paths (the pure-Python fallback
+    is for machines without a C compiler, and runs when CONVEYOR_PURE_PYTHON is set)."""
+    import os
+
+    from conveyor._channels import _shm
+
+    if os.environ.get("CONVEYOR_PURE_PYTHON"):
+        pytest.skip("CONVEYOR_PURE_PYTHON is set")
+    assert _shm._native is not None, (
+        "conveyor._channels._ring was not built: is a C compiler installed? "
+        "(pip install -e . prints why with -v)"
+    )

@@ -11,14 +11,20 @@ import pytest
 
 import conveyor
 from conveyor import Channel, Closed
+from tests.channels.conftest import use_implementation
 
-KINDS = ["thread", "process"]
+# "process-python": the process channel without its C hot paths
+KINDS = ["thread", "process", "process-python"]
 JOIN = 30.0  # only reached if something hangs
 
 
 @pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    name = str(request.param)
+    if name.startswith("process"):
+        use_implementation("python" if name == "process-python" else "native", monkeypatch)
+        return "process"
+    return name
 
 
 @pytest.fixture

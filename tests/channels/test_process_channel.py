@@ -23,7 +23,10 @@ BIG = 20 * 1024 * 1024
 FORK_WARNING = "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
 DEV_SHM = "/dev/shm"
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="shared memory tests need Linux")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="shared memory tests need Linux"),
+    pytest.mark.usefixtures("implementation"),  # the C hot paths, then the Python ones
+]
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -671,27 +674,35 @@ def test_buffer_bytes_is_checked(bad: object, error: type[Exception]) -> None:
 # -- nothing left behind -----------------------------------------------------------------
 
 
+def segments_of(*pids: int) -> list[str]:
+    """Segments of channels made by these processes (other tests may run beside us)."""
+    return [n for n in segments_now() if n.split("-")[1] in {str(pid) for pid in pids}]
+
+
 @pytest.mark.skipif(not os.path.isdir(DEV_SHM), reason="no /dev/shm")
 def test_no_shared_memory_is_left_behind(spawn_child: Callable[..., Child]) -> None:
-    before = set(os.listdir(DEV_SHM))
+    me = os.getpid()
+    assert not segments_of(me)
     ch: ProcessChannel[Any] = ProcessChannel(2, buffer_bytes=1 << 14)
     # the ring never had a name, nor has the lock
     assert os.readlink(f"/proc/self/fd/{ch._fd}").startswith("/memfd:")
-    assert set(os.listdir(DEV_SHM)) == before
+    assert not segments_of(me)
     consumer = spawn_child(get_checksums, ch, 5)
     put_big_items(ch, [7])  # through segments of their own, unlinked by the getter
     assert len(consumer.outcome()) == 5
+    assert not segments_of(me)
     # a process that exits with an item still in its channel unlinks its segment
     report: ProcessChannel[list[str]] = ProcessChannel(2)
-    assert spawn_child(leave_a_big_item_and_exit, report, 50_000).outcome() == "done"
-    assert report.get(timeout=JOIN)  # the segment existed while the child lived
-    wait_until(lambda: set(os.listdir(DEV_SHM)) <= before, "/dev/shm is as it was")
+    exits = spawn_child(leave_a_big_item_and_exit, report, 50_000)
+    assert exits.outcome() == "done"
+    child = f"conveyor-{exits.proc.pid}-"
+    assert [n for n in report.get(timeout=JOIN) if n.startswith(child)]  # while it lived
+    wait_until(lambda: not segments_of(exits.proc.pid), "the child's segment is gone")
     # one killed with an item in its channel leaves it, and the next start sweeps it
     dead = spawn_child(leave_a_big_item_and_die, 50_000)
     dead.proc.join(JOIN)
     assert dead.proc.exitcode == -9
-    prefix = f"conveyor-{dead.proc.pid}-"
-    assert [n for n in segments_now() if n.startswith(prefix)]  # left behind
+    assert segments_of(dead.proc.pid)  # left behind
     swept = spawn_child(make_a_channel_and_list_segments).outcome()
-    assert not [n for n in swept if n.startswith(prefix)]
-    wait_until(lambda: set(os.listdir(DEV_SHM)) <= before, "/dev/shm is as it was")
+    assert not [n for n in swept if n.startswith(f"conveyor-{dead.proc.pid}-")]
+    assert not segments_of(me, dead.proc.pid)

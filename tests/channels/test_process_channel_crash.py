@@ -25,7 +25,10 @@ import pytest
 from conveyor import Closed
 from conveyor._channels._shm import _REPAIRS, ProcessChannel
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="shared memory tests need Linux")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="shared memory tests need Linux"),
+    pytest.mark.usefixtures("implementation"),  # the C hot paths, then the Python ones
+]
 
 JOIN = 30.0  # only reached if something hangs
 CORRUPT = 3

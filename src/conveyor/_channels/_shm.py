@@ -79,7 +79,7 @@ from bisect import bisect_right
 from multiprocessing.context import assert_spawning
 from multiprocessing.reduction import DupFd
 from multiprocessing.util import Finalize
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .._errors import Closed
 from ._base import Channel, ChannelStats, Full, check_max_items, check_maxsize, check_timeout
@@ -138,6 +138,7 @@ _OOB_PART = 16 * 1024
 _MIN_BUFFER = 64
 _SLICE = 0.5  # seconds: the longest sleep before a sleeper looks again
 _SPINS = 200  # looks at the count (about 10 us) before a getter sleeps
+_NATIVE_SPINS = 2000  # the same in C (pause instructions)
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
 _PADS = [bytes(k) for k in range(8)]
 _SCALARS = (int, float, str, bool, type(None))
@@ -147,6 +148,23 @@ DEFAULT_BUFFER_BYTES = 8 << 20
 
 _mutex_lock = mutex_lock
 _mutex_unlock = mutex_unlock
+
+
+def _load_native() -> Any:
+    """The C hot paths (``_ring.c``), or None: not built, or ``CONVEYOR_PURE_PYTHON`` set."""
+    if os.environ.get("CONVEYOR_PURE_PYTHON"):
+        return None
+    try:
+        from . import _ring  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    layout = (_ring.CTL_AT, _ring.FUTEX_AT, _ring.RING_AT, _ring.SLOTS)
+    if layout != (_CTL_AT, _FUTEX_AT, _RING_AT, _OP + 1) or _ring.MUTEX_SIZE > MUTEX_BYTES:
+        return None  # built from another version of this file
+    return _ring
+
+
+_native = _load_native()
 
 _SEGMENT_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 _SEGMENT_PREFIX = "conveyor-"
@@ -428,6 +446,8 @@ class ProcessChannel(Channel[T]):
     """
 
     kind = "process"
+    # the C hot paths when they are built (tests turn them off to run the Python ones)
+    _use_native: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -440,7 +460,7 @@ class ProcessChannel(Channel[T]):
         _sweep_dead_segments()
         fd = _shared_fd(_RING_AT + size)
         try:
-            self._attach(fd, size, os.getpid())
+            self._attach(fd, size, os.getpid(), self._use_native)
             RobustMutex.initialise(self._base)
         except BaseException:
             os.close(fd)
@@ -452,7 +472,8 @@ class ProcessChannel(Channel[T]):
             # multiprocessing's children leave through os._exit, after its finalizers
             Finalize(None, _unlink_own_segments, args=(self._creator,), exitpriority=0)
 
-    def _attach(self, fd: int, size: int, creator: int) -> None:
+    def _attach(self, fd: int, size: int, creator: int, native: bool) -> None:
+        self._c = _native if native else None
         self._fd = fd
         self._size = size
         self._creator = creator
@@ -468,6 +489,7 @@ class ProcessChannel(Channel[T]):
         self._ring = view[_RING_AT:]
         self._error_area = view[_ERROR_AT:_RING_AT]
         self._mutex = RobustMutex(self._base, self._repair)
+        self._after_lock = self._mutex.after_lock
         self._inline_max = min(_INLINE_MAX, size - 2 * _HDR)
         weakref.finalize(self, os.close, fd)
 
@@ -475,10 +497,15 @@ class ProcessChannel(Channel[T]):
 
     def __getstate__(self) -> dict[str, Any]:
         assert_spawning(self)
-        return {"fd": DupFd(self._fd), "size": self._size, "creator": self._creator}
+        return {
+            "fd": DupFd(self._fd),
+            "size": self._size,
+            "creator": self._creator,
+            "native": self._c is not None,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._attach(state["fd"].detach(), state["size"], state["creator"])
+        self._attach(state["fd"].detach(), state["size"], state["creator"], state["native"])
 
     # -- crash repair -------------------------------------------------------------
 
@@ -636,9 +663,14 @@ class ProcessChannel(Channel[T]):
         ctl = self._ctl
         size = self._size
         address = self._base
-        rc = _mutex_lock(address)
-        if rc:
-            self._mutex.after_lock(rc)
+        if self._c is not None:
+            if not self._c.put(address, size, self._after_lock, data):
+                return
+            # handed back with the lock held: full, closed or failed
+        else:
+            rc = _mutex_lock(address)
+            if rc:
+                self._after_lock(rc)
         try:
             if (
                 ctl[_FAILED]
@@ -698,7 +730,7 @@ class ProcessChannel(Channel[T]):
         # put_many holds neither the lock nor a pickled copy of everything.
         deadline: float | None = None
         done = -1
-        for blob, ends in _pickled_runs(items, self._inline_max):
+        for blob, ends in _pickled_runs(items, self._inline_max, self._c):
             if done < 0:
                 deadline = _deadline(block, check_timeout(timeout))
                 done = 0
@@ -722,8 +754,18 @@ class ProcessChannel(Channel[T]):
         view = memoryview(blob)
         i, total, start = 0, len(ends), 0
         mutex = self._mutex
+        native = self._c
         while i < total:
-            mutex.acquire()
+            if native is not None:
+                put = native.put_run(self._base, self._size, self._after_lock, blob, ends, start, i)
+                if put > 0:
+                    done += put
+                    i += put
+                    start = ends[i - 1]
+                    continue
+                # handed back with the lock held: no room, closed or failed
+            else:
+                mutex.acquire()
             try:
                 self._wait_for_room(ends[i] - start, block, deadline, done)
                 tail = ctl[_TAIL]
@@ -773,9 +815,16 @@ class ProcessChannel(Channel[T]):
         size = self._size
         ring = self._ring
         address = self._base
-        rc = _mutex_lock(address)
-        if rc:
-            self._mutex.after_lock(rc)
+        taken: Any
+        if self._c is not None:
+            taken = self._c.get(address, size, self._after_lock)
+            if type(taken) is bytes:
+                return _loads(taken)  # type: ignore[no-any-return]
+            # handed back with the lock held: empty, failed, or not a plain pickle
+        else:
+            rc = _mutex_lock(address)
+            if rc:
+                self._after_lock(rc)
         try:
             if ctl[_PUTS] - ctl[_GETS] <= 0 or ctl[_FAILED]:
                 self._wait_for_items(block, deadline)
@@ -784,7 +833,7 @@ class ProcessChannel(Channel[T]):
             (header,) = _U64.unpack_from(ring, off)
             need = _HDR + _pad(header & _LEN_MASK)
             if header <= _LEN_MASK and off + need <= size:  # a plain pickle, not wrapped
-                taken: Any = ring[off + _HDR : off + _HDR + header].tobytes()
+                taken = ring[off + _HDR : off + _HDR + header].tobytes()
             else:
                 taken = self._read_record(head, header)
             self._commit_get(head + need, 1)
@@ -797,6 +846,9 @@ class ProcessChannel(Channel[T]):
     def _spin(self) -> None:
         """Look for an item a little before sleeping: a put that finds no sleeper makes
         no system call, and here a wake-up costs more than a short wait."""
+        if self._c is not None:
+            self._c.spin(self._base, self._size, self._after_lock, _NATIVE_SPINS)
+            return
         ctl = self._ctl
         for _ in range(_SPINS):
             if ctl[_PUTS] - ctl[_GETS] > 0 or ctl[_CLOSED] or ctl[_FAILED]:
@@ -809,7 +861,13 @@ class ProcessChannel(Channel[T]):
         ring = self._ring
         size = self._size
         mutex = self._mutex
-        mutex.acquire()
+        if self._c is not None:
+            taken = self._c.take_run(self._base, size, self._after_lock, max_items, _loads)
+            if type(taken) is list:
+                return taken
+            # handed back with the lock held: empty, failed, or not a plain pickle
+        else:
+            mutex.acquire()
         try:
             self._wait_for_items(block, deadline)
             head = pos = ctl[_HEAD]
@@ -991,12 +1049,37 @@ def _finish(taken: Any) -> Any:
     return pickle.loads(taken)
 
 
-def _pickled_runs(items: Iterable[Any], inline_max: int) -> Iterator[tuple[Any, list[int] | None]]:
+def _pickled_runs(
+    items: Iterable[Any], inline_max: int, native: Any
+) -> Iterator[tuple[Any, list[int] | None]]:
     """Frame plain pickles of up to ``inline_max`` bytes in runs: yield ``(records, their
     end offsets)``, and ``(encoded item, None)`` for each item that goes in on its own.
 
     An item with out-of-band buffers, or a large one, goes in on its own.
     """
+    if native is None:
+        yield from _pickled_runs_python(items, inline_max)
+        return
+    it = iter(items)
+    buf = bytearray()
+    ends: list[int] = []
+    bufs: list[Any] = []
+    while True:
+        got = native.frame(it, _dumps, _first_pickle, bufs, buf, ends, inline_max, _RUN_BYTES)
+        if ends:
+            yield buf, ends
+            buf, ends = bytearray(), []
+        if type(got) is tuple:  # an item that goes in on its own
+            item, data = got
+            yield _encode(item, data, bufs[:]), None
+            bufs.clear()
+        elif got:  # no more items
+            return
+
+
+def _pickled_runs_python(
+    items: Iterable[Any], inline_max: int
+) -> Iterator[tuple[Any, list[int] | None]]:
     buf = bytearray()
     ends: list[int] = []
     first_pickle = _first_pickle

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 /* layout: keep in step with _shm.py (checked there at import) */
@@ -468,8 +469,8 @@ ring_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
-/* spin(base, size, after_lock, rounds) -> bool: watch the count (without the lock or
- *   the GIL) for up to `rounds` looks; True once there is an item, or the channel
+/* spin(base, size, after_lock, microseconds) -> bool: watch the count (without the
+ *   lock or the GIL) for up to that long; True once there is an item, or the channel
  *   closed or failed. */
 static PyObject *
 ring_spin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -478,16 +479,24 @@ ring_spin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     uint64_t size;
     if (parse_base(args, nargs, 4, "spin", &base, &size) < 0)
         return NULL;
-    long rounds = PyLong_AsLong(args[3]);
-    if (rounds == -1 && PyErr_Occurred())
+    long micros = PyLong_AsLong(args[3]);
+    if (micros == -1 && PyErr_Occurred())
         return NULL;
     slot_t *ctl = (slot_t *)(base + CTL_AT);
     int seen = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (long i = 0; i < rounds; i++) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t until = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec + (int64_t)micros * 1000;
+    for (unsigned i = 1;; i++) {
         if (ctl[S_PUTS] - ctl[S_GETS] > 0 || ctl[S_CLOSED] || ctl[S_FAILED]) {
             seen = 1;
             break;
+        }
+        if (i % 32 == 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec >= until)
+                break;
         }
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();

@@ -138,7 +138,7 @@ _OOB_PART = 16 * 1024
 _MIN_BUFFER = 64
 _SLICE = 0.5  # seconds: the longest sleep before a sleeper looks again
 _SPINS = 200  # looks at the count (about 10 us) before a getter sleeps
-_NATIVE_SPINS = 2000  # the same in C (pause instructions)
+_SPIN_MICROSECONDS = 5  # the same in C: how long a getter watches the count
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
 _PADS = [bytes(k) for k in range(8)]
 _SCALARS = (int, float, str, bool, type(None))
@@ -847,7 +847,7 @@ class ProcessChannel(Channel[T]):
         """Look for an item a little before sleeping: a put that finds no sleeper makes
         no system call, and here a wake-up costs more than a short wait."""
         if self._c is not None:
-            self._c.spin(self._base, self._size, self._after_lock, _NATIVE_SPINS)
+            self._c.spin(self._base, self._size, self._after_lock, _SPIN_MICROSECONDS)
             return
         ctl = self._ctl
         for _ in range(_SPINS):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -39,3 +40,11 @@ def mark(directory: str | Path, name: str) -> None:
 
 def marks_named(directory: str | Path, prefix: str) -> list[str]:
     return sorted(p for p in os.listdir(directory) if p.startswith(prefix))
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll a state that another thread or process changes; fail only if it never comes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.002)

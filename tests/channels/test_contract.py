@@ -12,6 +12,7 @@ import pytest
 import conveyor
 from conveyor import Channel, Closed
 from tests.channels.conftest import use_implementation
+from tests.helpers import wait_until
 
 # "process-python": the process channel without its C hot paths
 KINDS = ["thread", "process", "process-python"]
@@ -265,6 +266,54 @@ def test_many_producers_many_consumers(make: Callable[[int], Channel[Any]]) -> N
         for p in range(producers):
             seq = [j for (pp, j) in r if pp == p]  # type: ignore[attr-defined]
             assert seq == sorted(seq)
+
+
+def test_single_and_batch_putters_with_one_at_a_time_getters(
+    make: Callable[[int], Channel[Any]],
+) -> None:
+    """A put_many waiting for room for part of its batch and a put waiting for one slot
+    share the channel; getters that take one item at a time must wake both."""
+    q = make(6)
+    per = 600
+
+    def put_singly() -> None:
+        for i in range(per):
+            q.put(("one", i))
+
+    def put_batches() -> None:
+        for i in range(0, per, 20):
+            q.put_many([("many", j) for j in range(i, i + 20)])
+
+    def take_singly() -> list[tuple[str, int]]:
+        got = []
+        while True:
+            try:
+                got.append(q.get())
+            except Closed:
+                return got
+
+    getters = [Worker(take_singly) for _ in range(2)]
+    putters = [Worker(put_singly), Worker(put_batches)]
+    for w in putters:
+        w.outcome()
+    q.close()
+    got = [x for w in getters for x in w.outcome()]  # type: ignore[attr-defined]
+    assert sorted(got) == sorted((k, i) for k in ("one", "many") for i in range(per))
+
+
+def test_a_waiting_put_many_goes_in_after_the_channel_shrinks() -> None:
+    """The engine shrinks and grows its channels while putters wait; a put_many that
+    waits for more room than the shrunk channel has must still go in."""
+    from conveyor._channels._memory import MemoryChannel
+
+    q: MemoryChannel[int] = MemoryChannel(8)
+    q.put_many(range(8))
+    putter = Worker(lambda: q.put_many(range(8, 16)))
+    wait_until(lambda: q._putters == 1, "the put_many waits")
+    q._set_maxsize(2)
+    got = [q.get(timeout=JOIN) for _ in range(16)]
+    putter.outcome()
+    assert got == list(range(16))
 
 
 def test_exported() -> None:

@@ -7,7 +7,6 @@ import pickle
 import queue
 import sys
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from conveyor import Channel, Closed
 from conveyor._channels import _shm
 from conveyor._channels._shm import _GET_WAITERS, _PUT_WAITERS, ProcessChannel
+from tests.helpers import wait_until
 
 JOIN = 30.0  # only reached if something hangs
 BIG = 20 * 1024 * 1024
@@ -90,14 +90,6 @@ def spawn_child() -> Iterator[Callable[..., Child]]:
     yield start
     for child in children:
         child.kill()
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll a state that another process changes; fail only if it never comes."""
-    deadline = time.monotonic() + JOIN
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.002)
 
 
 def big_item(seed: int) -> bytes:

@@ -4,6 +4,10 @@ Items are kept as a deque of chunks (the lists that ``put_many`` received), so a
 batch goes in and out with one lock round trip and no per-item Python work.
 ``_size`` counts items, which is what ``maxsize`` bounds.
 
+A ``put_many`` that finds the channel full waits for room for a good part of what it
+has left (half the channel at most), not for one slot: getters taking items one by
+one would otherwise wake it for every item, and it would put them back one by one.
+
 The engine uses two operations that are not part of the public contract:
 ``_fail(exc)`` wakes every waiter and makes every later call raise ``exc`` (a run
 that stops drops what is still queued), and ``_set_maxsize(n)`` lets the engine
@@ -25,6 +29,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 T = TypeVar("T")
+
+
+_NO_PUTTER = 1 << 62
 
 
 def _deadline(block: bool, timeout: float | None) -> float | None:
@@ -49,6 +56,11 @@ class MemoryChannel(Channel[T]):
         self._error: BaseException | None = None
         self._puts = 0
         self._gets = 0
+        # threads waiting on each condition: a notify with nobody waiting is skipped
+        # (Condition.notify costs a lock probe even then)
+        self._getters = 0
+        self._putters = 0
+        self._want = _NO_PUTTER  # the least room a waiting putter waits for
 
     # -- put side -----------------------------------------------------------
 
@@ -56,11 +68,12 @@ class MemoryChannel(Channel[T]):
         deadline = _deadline(block, check_timeout(timeout))
         with self._lock:
             if self._size >= self.maxsize or self._closed or self._error is not None:
-                self._wait_for_room(block, deadline, 0)
+                self._wait_for_room(block, deadline, 0, 1)
             self._chunks.append([item])
             self._size += 1
             self._puts += 1
-            self._not_empty.notify()
+            if self._getters:
+                self._not_empty.notify()
 
     def put_many(
         self, items: Iterable[T], block: bool = True, timeout: float | None = None
@@ -80,28 +93,44 @@ class MemoryChannel(Channel[T]):
             while done < n:
                 room = self.maxsize - self._size
                 if room <= 0 or self._closed or self._error is not None:
-                    self._wait_for_room(block, deadline, done)
+                    want = min(n - done, max(1, self.maxsize // 2))
+                    self._wait_for_room(block, deadline, done, want)
                     continue
                 take = min(room, n - done)
                 self._chunks.append(items if take == n else items[done : done + take])
                 self._size += take
                 self._puts += take
                 done += take
-                self._not_empty.notify()
-            if self._size < self.maxsize:
-                self._not_full.notify()  # pass the turn on: there is room left
+                if self._getters:
+                    self._not_empty.notify()
+            if self._putters and self._room_for(self._want):
+                self._not_full.notify_all()  # pass the turn on: there is room left
 
-    def _wait_for_room(self, block: bool, deadline: float | None, done: int) -> None:
+    def _wait_for_room(self, block: bool, deadline: float | None, done: int, want: int) -> None:
+        """Return once ``want`` items fit (or fewer, if the channel shrank below that)."""
         while True:
             self._check_open()
-            if self._size < self.maxsize:
+            if self._room_for(want):
                 return
             if not block:
                 raise Full(done)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise Full(done)
-            self._not_full.wait(left)
+            self._putters += 1
+            if want < self._want:
+                self._want = want
+            try:
+                self._not_full.wait(left)
+            finally:
+                self._putters -= 1
+                if not self._putters:
+                    self._want = _NO_PUTTER
+
+    def _room_for(self, want: int) -> bool:
+        """Room for ``want`` items, or for half the channel (which may have shrunk)."""
+        room = self.maxsize - self._size
+        return room >= want or (room > 0 and room >= self.maxsize // 2)
 
     def _check_open(self) -> None:
         if self._error is not None:
@@ -153,8 +182,9 @@ class MemoryChannel(Channel[T]):
     def _took(self, n: int) -> None:
         self._size -= n
         self._gets += n
-        self._not_full.notify()
-        if self._size:
+        if self._putters and self._room_for(self._want):
+            self._not_full.notify_all()
+        if self._size and self._getters:
             self._not_empty.notify()  # pass the turn on: items are left
 
     def _wait_for_items(self, block: bool, deadline: float | None) -> None:
@@ -170,7 +200,11 @@ class MemoryChannel(Channel[T]):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise queue.Empty
-            self._not_empty.wait(left)
+            self._getters += 1
+            try:
+                self._not_empty.wait(left)
+            finally:
+                self._getters -= 1
 
     # -- state --------------------------------------------------------------
 

@@ -180,8 +180,6 @@ class LocalRun:
                 depth=depth,
                 on_finished=self._stage_finished,
             )
-            if self._stages:
-                self._stages[-1].downstream = rt
             self._stages.append(rt)
             inbox = outbox
         self.output: MemoryChannel[Any] | None = inbox

@@ -25,10 +25,8 @@ Ordering rules (``ordered=True``):
 * The last worker to leave closes the outbox. The token holder is a live worker and
   drains ``pending`` before it leaves, so nothing is left behind.
 
-Back-pressure between two stages: a full channel would take a blocked putter's chunk
-an item at a time, waking it for every item taken. So a stage about to put a chunk
-that does not fit waits (``wait_room``) until the next stage's takers have made room
-for it, or for half the channel, and only then puts.
+Back-pressure between two stages is the channel's: a put into a full channel waits
+for room for a good part of its chunk, not for one slot (see ``_channels._memory``).
 """
 
 from __future__ import annotations
@@ -51,7 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["BatchSizer", "RunControl", "StageRuntime", "Stopping", "WorkerSlot"]
 
 AUTO_CAPACITY_CAP = 262144
-ROOM_RECHECK_S = 0.25  # a putter waiting for room looks again at least this often
 
 
 class RunControl:
@@ -175,12 +172,6 @@ class StageRuntime:
         self._emitting = False
         self._live = spec.workers
         self._waiters = 0  # threads waiting on _cond (no notify when there are none)
-        # Upstream putters waiting for room in the inbox (see wait_room): the takers
-        # wake them once there is room for a good part of their chunk, not per item.
-        self._room = threading.Condition(threading.Lock())
-        self._room_waiters = 0
-        self._room_want = 0  # the least room a waiting putter asks for
-        self.downstream: StageRuntime | None = None  # the stage that takes from outbox
         self._on_finished = on_finished
         control.on_stop(self._wake_all)
 
@@ -270,9 +261,6 @@ class StageRuntime:
             seq = self._next_take
             self._next_take = seq + 1
         slot.items_in += len(items)
-        if self._room_waiters and inbox.maxsize - inbox.qsize() >= self._room_want:
-            with self._room:
-                self._room.notify_all()
         return seq, items
 
     @staticmethod
@@ -289,25 +277,6 @@ class StageRuntime:
             self._cond.wait()
         finally:
             self._waiters -= 1
-
-    def wait_room(self, n: int) -> None:
-        """Called by the upstream stage before it puts ``n`` items into this stage's
-        input: wait until there is room for them, or for half the input, whichever is
-        less. Putting into a full channel would wake the putter for every item taken."""
-        inbox = self.inbox
-        assert inbox is not None
-        want = min(n, max(1, inbox.maxsize // 2))
-        with self._room:
-            self._room_waiters += 1
-            try:
-                while inbox.maxsize - inbox.qsize() < want and not self.control.stopping:
-                    if not self._room_want or want < self._room_want:
-                        self._room_want = want
-                    self._room.wait(ROOM_RECHECK_S)
-            finally:
-                self._room_waiters -= 1
-                if not self._room_waiters:
-                    self._room_want = 0
 
     # -- emitting output ----------------------------------------------------
 
@@ -389,10 +358,7 @@ class StageRuntime:
             return
         prev = slot.state
         slot.set_state("blocked")
-        down = self.downstream
-        if down is not None:
-            down.wait_room(len(chunk))
-        outbox._put_list(chunk)
+        outbox._put_list(chunk)  # waits for room for a good part of the chunk at a time
         slot.set_state(prev)
 
     # -- lifecycle ----------------------------------------------------------
@@ -417,5 +383,3 @@ class StageRuntime:
     def _wake_all(self) -> None:
         with self._cond:
             self._cond.notify_all()
-        with self._room:
-            self._room.notify_all()

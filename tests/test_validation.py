@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -57,12 +58,28 @@ def test_generator_function_where_a_function_is_needed(src: cv.Pipeline[int]) ->
     src.flat_map(gen)  # fine there
 
 
-def test_async_function_is_refused(src: cv.Pipeline[int]) -> None:
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_async_function_needs_the_asyncio_kind(src: cv.Pipeline[int], kind: str) -> None:
     async def fetch(x: int) -> int:
         return x
 
-    with pytest.raises(TypeError, match="async"):
-        src.map(fetch)
+    with pytest.raises(TypeError, match=r"async function .* use kind='asyncio'"):
+        src.map(fetch, kind=kind)
+    with pytest.raises(TypeError, match="async function"):
+        src.map(functools.partial(fetch), kind=kind)
+
+
+def test_asyncio_kind_needs_an_async_function(src: cv.Pipeline[int]) -> None:
+    with pytest.raises(TypeError, match=r"runs async functions .* use kind='thread'"):
+        src.map(lambda x: x, kind="asyncio")
+
+
+def test_async_generator_is_refused(src: cv.Pipeline[int]) -> None:
+    async def agen(x: int) -> Any:
+        yield x
+
+    with pytest.raises(TypeError, match="async generator"):
+        src.map(agen, kind="asyncio")
 
 
 def test_stage_class_needs_process(src: cv.Pipeline[int]) -> None:

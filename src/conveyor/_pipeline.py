@@ -162,9 +162,9 @@ class Pipeline(Generic[T]):
                 f"a sink is the last stage, so .{op}() cannot follow it"
             )
         stage = self._stage_name(op, fn, name)
-        check_stage_target(op, fn, stage)
-        workers = check_positive_int("workers", workers, stage)
         kind = check_kind(kind, stage)
+        check_stage_target(op, fn, stage, kind)
+        workers = check_positive_int("workers", workers, stage)
         maxsize = check_maxsize(maxsize, stage)
         if not isinstance(ordered, bool):
             raise TypeError(f"ordered must be True or False, got {ordered!r} (stage {stage!r})")

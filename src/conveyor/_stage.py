@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,8 @@ __all__ = [
     "default_stage_name",
 ]
 
-KINDS = ("thread", "process")
+KINDS = ("thread", "process", "asyncio")
+ASYNC_KINDS = ("asyncio",)  # kinds that run async def stage functions
 
 
 @dataclass(frozen=True)
@@ -179,9 +181,9 @@ def check_kind(kind: object, stage: str) -> str:
     return str(kind)
 
 
-def check_stage_target(op: str, target: Any, stage: str) -> None:
+def check_stage_target(op: str, target: Any, stage: str, kind: str = "thread") -> None:
     """A function, a stage class, or an instance of one; never a generator where a
-    function is needed."""
+    function is needed; async (``async def``) exactly when the kind runs coroutines."""
     if is_stage_class(target):
         try:
             inspect.signature(target).bind()
@@ -217,11 +219,34 @@ def check_stage_target(op: str, target: Any, stage: str) -> None:
             else ("a generator function returns a generator object, not a result")
         )
         raise TypeError(f"stage {stage!r}: {_name(fn)} is a generator function; {hint}")
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+    if inspect.isasyncgenfunction(fn):
         raise TypeError(
-            f"stage {stage!r}: {_name(fn)} is an async function; async stages are not supported "
-            "yet: wrap it in a regular function (for example with asyncio.run) or make it sync"
+            f"stage {stage!r}: {_name(fn)} is an async generator function; async stages "
+            "return one result per item (async def ... return), async generators are not "
+            "supported"
         )
+    is_async = is_async_function(fn)
+    if is_async and kind not in ASYNC_KINDS:
+        raise TypeError(
+            f"stage {stage!r}: {_name(fn)} is an async function (async def), which kind="
+            f"{kind!r} cannot run: use kind='asyncio' (its workers are concurrent coroutines "
+            "on an event loop)"
+        )
+    if not is_async and kind in ASYNC_KINDS:
+        raise TypeError(
+            f"stage {stage!r}: kind={kind!r} runs async functions (async def), and "
+            f"{_name(fn)} is a regular function: use kind='thread' or kind='process'"
+        )
+
+
+def is_async_function(fn: Any) -> bool:
+    """``async def`` (also through functools.partial), or an object whose __call__ is."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 (a callable object's method)
+    return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
 
 
 def check_producer(fn: Any, stage: str) -> None:

@@ -48,6 +48,7 @@ __all__ = ["LocalRun"]
 SIZING = {
     "thread": (0.002, 256, 0, 1),
     "process": (0.01, 32768, 4 << 20, 2),
+    "asyncio": (0.002, 256, 0, 1),
 }
 SOURCE_CHUNK = 1024
 OUTPUT_INITIAL = 64

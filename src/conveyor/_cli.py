@@ -4,12 +4,15 @@ Commands::
 
     conveyor run MODULE:ATTR [--progress/--no-progress] [--print] [--grace SECONDS]
     conveyor demo [--files N] [--size-kb K] [--workers W] [--keep] [--dir PATH]
+    conveyor gil [--workers N] [--quick] [--json]
     conveyor --version
 
 ``run`` imports MODULE (the current directory first on ``sys.path``, as with
 ``python -m``), takes ATTR (a Pipeline, or a function of no arguments that returns
 one), runs it with live progress on stderr, and prints the stats table on stderr
 when the run is over, however it ended. Outputs go to stdout only with ``--print``.
+``gil`` measures the GIL on this machine (``_gilbench``) and prints a table: rich
+on a terminal, plain text otherwise, JSON with ``--json``.
 
 Exit codes are decided in one place, :meth:`_Group.invoke`, the way click's own
 exceptions carry theirs (``UsageError.exit_code == 2``)::
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import signal
 import sys
@@ -39,7 +43,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from . import __version__, _demo
+from . import __version__, _demo, _gilbench
 from ._errors import PipelineError, StageError
 from ._pipeline import Pipeline
 
@@ -378,3 +382,60 @@ def demo_command(
         run = execute(pipeline, progress=progress, grace=2.0, on_output=summary.add)
         where = f"reports kept in {ws.reports}" if keep else f"removed {ws.root}"
         click.echo(summary.render(data, run.stats(), where))
+
+
+@main.command("gil")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=2, max=_gilbench.MAX_WORKERS),
+    default=None,
+    metavar="N",
+    show_default="one per CPU available, at least 2",
+    help="Threads and processes that share the CPU-bound work.",
+)
+@click.option("--quick", is_flag=True, help="About one second instead of a few; coarser numbers.")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
+def gil_command(workers: int | None, quick: bool, as_json: bool) -> None:
+    """Measure the GIL on this machine: a pure-Python loop serially, on N threads and
+    on N processes; hashing (which releases the GIL) and sleeping on threads.
+
+    Each row shows its wall and CPU time, its speed-up against its serial run, the
+    ideal speed-up, and what the numbers say.
+    """
+    status = _StatusLine(sys.stderr)
+    try:
+        report = _gilbench.run_benchmark(workers, quick=quick, progress=status.show)
+    finally:
+        status.clear()
+    show_report(report, as_json=as_json)
+
+
+def show_report(report: _gilbench.Report, *, as_json: bool) -> None:
+    """A report on stdout: JSON, a rich table on a terminal, or plain text."""
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    elif _is_terminal(sys.stdout):
+        from rich.console import Console
+
+        Console(file=sys.stdout).print(_gilbench.build_table(report))
+    else:
+        click.echo(report.render())
+
+
+class _StatusLine:
+    """What is being measured, on one line of a terminal (nothing elsewhere); it is
+    written between measurements, never during one."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.live = _is_terminal(stream)
+
+    def show(self, what: str) -> None:
+        if self.live:
+            self.stream.write(f"\r\x1b[Kmeasuring: {what}")
+            self.stream.flush()
+
+    def clear(self) -> None:
+        if self.live:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()

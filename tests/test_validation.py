@@ -38,7 +38,7 @@ def test_maxsize_must_be_positive(src: cv.Pipeline[int]) -> None:
 
 
 def test_kind_must_be_known(src: cv.Pipeline[int]) -> None:
-    with pytest.raises(ValueError, match="kind must be one of 'thread', 'process'"):
+    with pytest.raises(ValueError, match="kind must be one of 'auto', 'thread', 'process'"):
         src.map(ident, kind="fiber")
 
 

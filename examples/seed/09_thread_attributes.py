@@ -58,7 +58,8 @@ def wait_until_running(count: int) -> None:
 
 
 def main() -> None:
-    run = cv.Pipeline(name="attrs").source(range(3)).sink(task, workers=3, name="线程").run()
+    pipeline = cv.Pipeline(name="attrs").source(range(3))
+    run = pipeline.sink(task, workers=3, kind="thread", name="线程").run()
     wait_until_running(3)
 
     workers = {w.name: w for w in run.workers() if w.stage == "线程"}

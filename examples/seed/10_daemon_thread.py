@@ -114,7 +114,7 @@ def main() -> None:
     atexit.register(report_at_exit)  # before the first run: see the module docstring
 
     # Part 1: background work stopped on purpose.
-    beat = cv.Pipeline(name="heartbeat").source(heartbeat).sink(show_beat).run()
+    beat = cv.Pipeline(name="heartbeat").source(heartbeat).sink(show_beat, kind="thread").run()
     beats_seen.wait(60)
     beat.cancel()
     try:
@@ -129,7 +129,8 @@ def main() -> None:
     say(f"background worker process pid={worker_pid(proc_run)}")
 
     # Part 3: the notes' example. Start it, do not wait for it.
-    daemon = cv.Pipeline(name="daemon").source(["egon"]).sink(task, name="第一个线程")
+    daemon = cv.Pipeline(name="daemon").source(["egon"])
+    daemon = daemon.sink(task, kind="thread", name="第一个线程")
     background.append(daemon.run(grace=GRACE))
     started.wait(60)  # let it start, as the notes' thread usually has by now
 

@@ -64,9 +64,10 @@ def bar(_: object) -> None:
 
 
 def main() -> None:
-    foo_run = cv.Pipeline(name="foo").source([None]).sink(foo).run(grace=0)  # t1.daemon = True
+    # t1.daemon = True
+    foo_run = cv.Pipeline(name="foo").source([None]).sink(foo, kind="thread").run(grace=0)
     said_123.wait(60)  # the notes get "123, 456, main-------" from timing; make it certain
-    bar_run = cv.Pipeline(name="bar").source([None]).sink(bar).run()  # t2, not a daemon
+    bar_run = cv.Pipeline(name="bar").source([None]).sink(bar, kind="thread").run()  # t2
     said_456.wait(60)
     say("main-------")
     bar_run.wait()  # what the main thread does for every non-daemon thread

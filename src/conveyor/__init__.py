@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import Cancelled as Cancelled
 from ._errors import Closed as Closed
 from ._errors import ItemTimeout as ItemTimeout
+from ._errors import KindWarning as KindWarning
 from ._errors import PipelineError as PipelineError
 from ._errors import RemoteError as RemoteError
 from ._errors import StageError as StageError
@@ -58,6 +59,7 @@ __all__ = [
     "Closed",
     "Failure",
     "ItemTimeout",
+    "KindWarning",
     "Pipeline",
     "PipelineError",
     "RemoteError",

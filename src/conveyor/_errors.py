@@ -25,6 +25,7 @@ __all__ = [
     "Cancelled",
     "Closed",
     "ItemTimeout",
+    "KindWarning",
     "PipelineError",
     "RemoteError",
     "StageError",
@@ -177,3 +178,8 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n\nTraceback in the worker process:\n" + self.tb.rstrip("\n")
+
+
+class KindWarning(UserWarning):
+    """kind="auto" could not run a stage where it measured best (for example a function
+    that cannot be sent to a process runs on threads); the message says why."""

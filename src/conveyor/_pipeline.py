@@ -8,8 +8,10 @@ stage is callable (or a stage class), that a process stage can be pickled.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
+from ._errors import KindWarning
 from ._stage import (
     SourceSpec,
     StageSpec,
@@ -170,10 +172,12 @@ class Pipeline(Generic[T]):
             raise TypeError(f"ordered must be True or False, got {ordered!r} (stage {stage!r})")
         policy = check_policy(stage, *policy_args)
         batch_size = check_batch_size(batch_size, maxsize, stage)
-        payload = None
+        payload, unsendable = None, None
         if kind == "process":
             _start_launcher()
             payload = check_sendable(fn, stage)
+        elif kind == "auto":
+            payload, unsendable = _payload_for_auto(fn, stage)
         spec = StageSpec(
             stage,
             op,
@@ -185,6 +189,7 @@ class Pipeline(Generic[T]):
             policy=policy,
             batch_size=batch_size,
             payload=payload,
+            unsendable=unsendable,
         )
         return self._extend(None, spec)
 
@@ -262,7 +267,7 @@ class Pipeline(Generic[T]):
         fn: Any,
         *,
         workers: int = 1,
-        kind: str = "thread",
+        kind: str = "auto",
         maxsize: int | None = None,
         ordered: bool = True,
         name: str | None = None,
@@ -316,7 +321,7 @@ class Pipeline(Generic[T]):
         pred: Callable[[T], object] | type[SupportsProcess[T, object]] | SupportsProcess[T, object],
         *,
         workers: int = 1,
-        kind: str = "thread",
+        kind: str = "auto",
         maxsize: int | None = None,
         ordered: bool = True,
         name: str | None = None,
@@ -399,7 +404,7 @@ class Pipeline(Generic[T]):
         fn: Any,
         *,
         workers: int = 1,
-        kind: str = "thread",
+        kind: str = "auto",
         maxsize: int | None = None,
         ordered: bool = True,
         name: str | None = None,
@@ -429,7 +434,7 @@ class Pipeline(Generic[T]):
         fn: Callable[[T], object] | type[SupportsProcess[T, object]] | SupportsProcess[T, object],
         *,
         workers: int = 1,
-        kind: str = "thread",
+        kind: str = "auto",
         maxsize: int | None = None,
         name: str | None = None,
         on_error: OnError = "raise",
@@ -492,6 +497,30 @@ class Pipeline(Generic[T]):
 
 def _identity(item: Any) -> Any:
     return item
+
+
+def _payload_for_auto(fn: Any, stage: str) -> tuple[bytes | None, str | None]:
+    """A kind="auto" stage's target pickled for processes, or why it cannot be (then it
+    will run on threads, and a KindWarning says so)."""
+    from ._gil import shared_state_reason
+    from ._stage import is_async_function, stage_function
+    from ._workers._serialize import dumps_function
+
+    if is_async_function(stage_function(fn)) or shared_state_reason(fn) is not None:
+        return None, None  # threads or asyncio whatever it measures: no pickle needed
+    try:
+        return dumps_function(fn), None
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        warnings.warn(
+            KindWarning(
+                f"stage {stage!r} will run on threads: kind='auto' cannot send it to a "
+                f"process ({why}). Pass kind='thread' to say so, or make that state inside "
+                "the worker (a stage class that opens it in setup())"
+            ),
+            stacklevel=4,
+        )
+        return None, why
 
 
 def _start_launcher() -> None:

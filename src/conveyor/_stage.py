@@ -22,8 +22,7 @@ __all__ = [
     "default_stage_name",
 ]
 
-KINDS = ("thread", "process", "asyncio")
-ASYNC_KINDS = ("asyncio",)  # kinds that run async def stage functions
+KINDS = ("auto", "thread", "process", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,13 @@ class StageSpec:
     batch_size: int | None = None
     """Items per batch, fixed; None: conveyor sizes batches from what it measures."""
     payload: bytes | None = field(default=None, compare=False, repr=False)
-    """For process stages: the target, pickled once at build time."""
+    """For process (and auto) stages: the target, pickled once at build time."""
+    unsendable: str | None = None
+    """For auto stages: why the target cannot go to a process (it stays on threads)."""
+
+    @property
+    def is_async(self) -> bool:
+        return self.op != "produce" and is_async_function(stage_function(self.target))
 
     @property
     def is_sink(self) -> bool:
@@ -226,17 +231,24 @@ def check_stage_target(op: str, target: Any, stage: str, kind: str = "thread") -
             "supported"
         )
     is_async = is_async_function(fn)
-    if is_async and kind not in ASYNC_KINDS:
+    if is_async and kind not in ("asyncio", "auto"):
         raise TypeError(
             f"stage {stage!r}: {_name(fn)} is an async function (async def), which kind="
             f"{kind!r} cannot run: use kind='asyncio' (its workers are concurrent coroutines "
             "on an event loop)"
         )
-    if not is_async and kind in ASYNC_KINDS:
+    if not is_async and kind == "asyncio":
         raise TypeError(
             f"stage {stage!r}: kind={kind!r} runs async functions (async def), and "
             f"{_name(fn)} is a regular function: use kind='thread' or kind='process'"
         )
+
+
+def stage_function(target: Any) -> Any:
+    """The function a stage calls per item: ``target``, or its ``process`` method."""
+    if is_stage_class(target) or is_stage_object(target):
+        return target.process
+    return target
 
 
 def is_async_function(fn: Any) -> bool:

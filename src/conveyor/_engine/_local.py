@@ -17,6 +17,7 @@ been given up on.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -24,9 +25,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .._channels._memory import MemoryChannel
 from .._errors import Cancelled, StageError
+from .._gil import Decision, static_choice
 from .._observe._stats import RunStats, StageStats, WorkerStatus
 from .._workers._apply import describe_exception, stream_into
 from .._workers._base import (
+    StageFeed,
     Stopping,
     ThreadHandle,
     WorkerHandle,
@@ -43,6 +46,22 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalRun"]
 
+
+def _resolve_static_choices(
+    stages: Sequence[StageSpec],
+) -> tuple[list[StageSpec], dict[str, str]]:
+    """kind="auto" stages whose kind needs no measuring get it now (see ``_gil``)."""
+    out, decisions = [], {}
+    for spec in stages:
+        if spec.kind == "auto":
+            decision = static_choice(spec.target, spec.is_async, spec.unsendable)
+            if decision is not None:
+                spec = dataclasses.replace(spec, kind=decision.kind)
+                decisions[spec.name] = str(decision)
+        out.append(spec)
+    return out, decisions
+
+
 # Per worker kind: (seconds of work a batch aims for, most items in a batch,
 # most bytes in a batch, batches a worker may hold at once).
 SIZING = {
@@ -50,6 +69,9 @@ SIZING = {
     "process": (0.01, 32768, 4 << 20, 2),
     "asyncio": (0.002, 256, 0, 1),
 }
+# An auto stage starts on a measured thread, in batches long enough that the GIL
+# canary rarely sees a batch boundary (where the engine's locks let the GIL go).
+SIZING["auto"] = (0.02, 4096, 0, 1)
 SOURCE_CHUNK = 1024
 OUTPUT_INITIAL = 64
 
@@ -155,6 +177,7 @@ class LocalRun:
         self._unfinished = len(stages) + (1 if source is not None else 0)
         self.control.on_stop(self._on_stop)
 
+        stages, decisions = _resolve_static_choices(stages)
         inbox: MemoryChannel[Any] | None = self._first_inbox(source, stages[0])
         for i, spec in enumerate(stages):
             last = i == len(stages) - 1
@@ -181,6 +204,7 @@ class LocalRun:
                 depth=depth,
                 on_finished=self._stage_finished,
             )
+            rt.decision = decisions.get(spec.name, "")
             self._stages.append(rt)
             inbox = outbox
         self.output: MemoryChannel[Any] | None = inbox
@@ -213,8 +237,23 @@ class LocalRun:
     def _kind(self, kind: str) -> WorkerKind:
         wk = self._kinds.get(kind)
         if wk is None:
-            wk = self._kinds[kind] = load_kind(kind)(self.control.stop, self._adopt)
+            if kind == "auto":
+                from .._workers._auto import AutoKind
+
+                wk = AutoKind(self.control.stop, self._adopt, self._kind, self._decided)
+            else:
+                wk = load_kind(kind)(self.control.stop, self._adopt)
+            self._kinds[kind] = wk
         return wk
+
+    def _decided(self, feed: StageFeed, decision: Decision) -> None:
+        """kind="auto" measured a stage and chose ``decision.kind``."""
+        assert isinstance(feed, StageRuntime)
+        feed.choose(decision.kind, str(decision), SIZING[decision.kind])
+        if decision.kind == "process":
+            from .._workers._zygote import Zygote
+
+            Zygote.get()  # start the launcher, if it is not up yet
 
     # -- running ----------------------------------------------------------------
 

@@ -31,6 +31,7 @@ for room for a good part of its chunk, not for one slot (see ``_channels._memory
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -151,6 +152,7 @@ class StageRuntime:
         on_finished: Callable[[], None],
     ) -> None:
         self.spec = spec
+        self.decision = ""  # kind="auto": the kind chosen and why ("process: cpu 97%, ...")
         self.name = spec.name
         self.index = index
         self.inbox = inbox
@@ -208,6 +210,19 @@ class StageRuntime:
 
     def fail(self, error: BaseException) -> None:
         self.control.fail(error)
+
+    def choose(self, kind: str, decision: str, sizing: tuple[float, int, int, int]) -> None:
+        """kind="auto" chose ``kind`` for this stage (its workers turn into it now)."""
+        target_s, max_items, target_bytes, depth = sizing
+        with self._cond:
+            self.spec = dataclasses.replace(self.spec, kind=kind)
+            self.decision = decision
+            sizer = self.sizer
+            if sizer.fixed is None:
+                sizer.target_s, sizer.target_bytes = target_s, target_bytes
+                sizer.max_items = max_items
+            self.depth = depth
+            self.window = max(4, 2 * self.spec.workers * depth)
 
     # -- sizing -------------------------------------------------------------
 

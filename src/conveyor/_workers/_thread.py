@@ -18,7 +18,7 @@ import sys
 import threading
 import traceback
 from time import monotonic, perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import ItemTimeout, StageError, item_repr
 from ._apply import ItemFailed, Processor, describe_exception
@@ -61,9 +61,28 @@ class _SlotProgress:
         self.slot.item_started = 0.0
 
 
+class Probe(Protocol):
+    """Watches a thread worker's batches (kind="auto" measures a stage with it)."""
+
+    def go_on(self) -> bool:
+        """Before each batch: False hands the worker's slot over to another kind (the
+        worker tears down and leaves without ending the slot)."""
+
+    def before(self) -> object:
+        """Just before a batch runs; what it returns goes to after()."""
+
+    def after(self, token: object, items: list[Any], results: list[Any] | None) -> None:
+        """Just after a batch ran (results None: it failed)."""
+
+
 class ThreadWorker(ThreadHandle):
     def __init__(
-        self, feed: StageFeed, slot: WorkerSlot, kind: ThreadKind, takeover: _Takeover | None
+        self,
+        feed: StageFeed,
+        slot: WorkerSlot,
+        kind: ThreadKind,
+        takeover: _Takeover | None,
+        probe: Probe | None = None,
     ) -> None:
         self.feed = feed
         self.slot = slot
@@ -76,6 +95,14 @@ class ThreadWorker(ThreadHandle):
         self._retired = False  # abandoned and replaced: the replacement counts for the stage
         self._proc: Processor | None = None
         self._batch: tuple[int, list[Any]] | None = None
+        self.probe = probe
+        self.handed_over = False  # left for another kind: the slot goes on without it
+
+    def run_here(self) -> None:
+        """Run the worker in the calling thread (which stands for ``self.thread``)."""
+        self.thread = threading.current_thread()
+        self.slot.alive = True
+        self._run()
 
     def _run(self) -> None:
         feed, slot = self.feed, self.slot
@@ -115,20 +142,28 @@ class ThreadWorker(ThreadHandle):
                 retired = self._retired
                 slot.set_state("done")
                 slot.alive = False
-            if not retired:
+            if not retired and not self.handed_over:
                 feed.worker_done()
 
     def _loop(self, proc: Processor) -> None:
         """Take batches and apply the stage until the input is exhausted or the run stops."""
-        feed, slot, flag = self.feed, self.slot, self.flag
+        feed, slot, flag, probe = self.feed, self.slot, self.flag, self.probe
         while not flag[0]:
+            if probe is not None and not probe.go_on():
+                self.handed_over = True
+                return
             got = feed.take(slot)
             if got is None:
                 return
             seq, items = got
             slot.set_state("busy")
             self._batch = got
-            results = self._apply(proc, seq, items)
+            if probe is None:
+                results = self._apply(proc, seq, items)
+            else:
+                token = probe.before()
+                results = self._apply(proc, seq, items)
+                probe.after(token, items, results)
             if results is None or flag[0]:
                 return
             feed.complete(seq, results, slot)

@@ -1,0 +1,294 @@
+"""kind="auto" while a stage's kind is being measured (see ``conveyor._gil``).
+
+Every worker of an auto stage starts as an :class:`AutoWorker`. The first one runs
+the stage on a thread, measured by the stage's :class:`_Choice`; if the function
+turns out CPU-bound, a canary thread measures whether it holds the GIL. Once the
+choice is made, the probing worker either goes on as a thread worker (the choice is
+threads) or tears down and hands its slot to a worker of the chosen kind; the other
+workers, which waited for the choice, start as that kind. The probe's items
+are real ones: taken from the stage's input, processed once, their outputs passed
+on in order like any other.
+
+If measuring ends before a choice (the input ran out, the run stopped, the probing
+item timed out), the stage stays on threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+from .._gil import Decision, decide, gil_wait_sample, schedstat, send_cost
+from ._base import StageFeed, ThreadHandle, WorkerHandle, WorkerKind, WorkerSlot
+from ._thread import ThreadKind, ThreadWorker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["AutoKind"]
+
+SERIAL_S = 0.02  # seconds of the function running on one thread before deciding
+POLL_S = 0.002  # how often the watcher looks at the probing thread
+CANARY_S = 0.025  # seconds of canary looks while the function runs
+CANARY_LOOKS = 4  # and at least this many
+CANARY_GIVE_UP_S = 1.0  # the function runs too rarely to measure the GIL: threads
+ATTEMPTS = 2  # GIL measurements before a close call goes to threads
+_WAIT_S = 0.05  # how often a waiting worker looks at the run's stop flag
+
+
+class _Choice:
+    """One stage's measurement and decision.
+
+    The probing thread worker calls :meth:`before` and :meth:`after` around each of
+    its batches (the probe hooks). A watcher thread, started with the first batch,
+    measures the probing thread from outside (its CPU and run-queue clocks in
+    ``/proc``), only while it runs the function, so that neither a first item that
+    never ends nor one that blocks holds the decision up; then it is the GIL canary.
+    """
+
+    def __init__(self, feed: StageFeed, decided: Callable[[StageFeed, Decision], None]) -> None:
+        self.feed = feed
+        self._on_decided = decided
+        self.decision: Decision | None = None
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._prober = 0  # the probing thread's native id
+        self._busy_s = 0.0  # seconds of batches that ended
+        self._running_since = 0.0  # perf_counter() at the start of the running batch, or 0
+        self._items_done = 0
+        self._cpu_done = 0.0  # CPU seconds of the batches that ended
+        self._items: list[Any] = []  # a few items and results, to price sending them
+        self._results: list[Any] = []
+
+    # -- the probe hooks ---------------------------------------------------------------
+
+    def go_on(self) -> bool:
+        decision = self.decision
+        return decision is None or decision.kind == "thread"
+
+    def before(self) -> object:
+        if self._watcher is None:
+            self._prober = threading.get_native_id()
+            self._watcher = threading.Thread(
+                target=self._watch, name=f"{self.feed.name}-measure", daemon=True
+            )
+            self._watcher.start()
+        t0 = time.perf_counter()
+        self._running_since = t0
+        return t0, time.thread_time()
+
+    def after(self, token: object, items: list[Any], results: list[Any] | None) -> None:
+        t0, c0 = cast("tuple[float, float]", token)
+        self._busy_s += time.perf_counter() - t0
+        self._running_since = 0.0
+        if results is None:
+            return
+        self._items_done += len(items)
+        self._cpu_done += time.thread_time() - c0
+        if len(self._items) < 8:
+            self._items.extend(items[:8])
+            self._results.extend(results[:8])
+
+    def _busy_until(self, now: float) -> float:
+        since = self._running_since
+        return self._busy_s + (now - since if since else 0.0)
+
+    # -- the watcher -----------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        try:
+            decision = self._measure()
+        except BaseException as exc:  # a bug of ours: never let it pass silently
+            self.feed.fail(exc)
+            decision = Decision("thread", "the measurement failed")
+        if decision is not None:
+            self._decide(decision)
+
+    def _measure(self) -> Decision | None:
+        share = self._cpu_share()
+        if share is None:
+            return None  # the run stopped, or the probing worker left
+        decision = decide(share, self._per_item(), None, self.feed.spec.workers, self._cost())
+        if decision is not None:
+            return decision
+        for _ in range(ATTEMPTS):
+            blocked = self._gil_blocked()
+            if blocked is None:
+                return Decision("thread", f"cpu {share:.0%}, ran too rarely to measure the GIL")
+            decision = decide(
+                share, self._per_item(), blocked, self.feed.spec.workers, self._cost()
+            )
+            if decision is not None:
+                return decision
+        return Decision("thread", f"cpu {share:.0%}, gil too close to call")
+
+    def _stopped(self) -> bool:
+        return self.decision is not None or self.feed.stop[0]
+
+    def _cpu_share(self) -> float | None:
+        """The share of its running time (wall time minus waits for a CPU) the probing
+        thread spent on a CPU, over SERIAL_S seconds of it running the function."""
+        busy = cpu = queued = 0.0
+        while busy < SERIAL_S:
+            if self._stopped():
+                return None
+            t0 = time.perf_counter()
+            b0 = self._busy_until(t0)
+            c0, q0 = schedstat(self._prober)
+            time.sleep(POLL_S)
+            t1 = time.perf_counter()
+            c1, q1 = schedstat(self._prober)
+            ran = self._busy_until(t1) - b0
+            if ran >= 0.5 * (t1 - t0):  # the function ran (tiny items: most of the time)
+                busy += t1 - t0
+                cpu += (c1 - c0) / 1e9
+                queued += (q1 - q0) / 1e9
+        return min(1.0, cpu / max(busy - queued, 1e-9))
+
+    def _per_item(self) -> float:
+        if self._items_done:
+            return self._cpu_done / self._items_done
+        return SERIAL_S  # no item has finished yet: at least this much
+
+    def _gil_blocked(self) -> float | None:
+        """The share of its time this thread (the canary) waited for the GIL, over the
+        looks it took while the probing thread ran the function; None if too few."""
+        waited = measured = 0.0
+        looks = 0
+        give_up = time.perf_counter() + CANARY_GIVE_UP_S
+        while measured < CANARY_S or looks < CANARY_LOOKS:
+            if self._stopped() or time.perf_counter() > give_up:
+                return waited / measured if looks >= CANARY_LOOKS else None
+            if not self._running_since:
+                time.sleep(POLL_S / 4)  # between batches, or waiting for input
+                continue
+            t0 = time.perf_counter()
+            busy0 = self._busy_until(t0)
+            look = gil_wait_sample(self._prober)
+            t1 = time.perf_counter()
+            if look is not None and self._busy_until(t1) - busy0 >= 0.9 * (t1 - t0):
+                looks += 1
+                waited += look[0]
+                measured += look[1]
+        return waited / measured
+
+    # -- deciding ------------------------------------------------------------------------
+
+    def _cost(self) -> float:
+        return send_cost(self._items, self._results)
+
+    def _decide(self, decision: Decision) -> None:
+        with self._lock:
+            if self.decision is not None:
+                return
+            self.decision = decision
+            self._on_decided(self.feed, decision)
+        self.done.set()
+
+    def conclude(self, why: str) -> None:
+        """Measuring ended without a choice: threads."""
+        self._decide(Decision("thread", why))
+
+
+class AutoWorker(ThreadHandle):
+    def __init__(self, feed: StageFeed, slot: WorkerSlot, choice: _Choice, kind: AutoKind) -> None:
+        self.feed = feed
+        self.slot = slot
+        self.choice = choice
+        self.kind = kind
+        self.inner: WorkerHandle | None = None
+        self.thread = threading.Thread(target=self._run, name=slot.name, daemon=True)
+
+    def _run(self) -> None:
+        choice, slot = self.choice, self.slot
+        try:
+            if slot.index == 1 and self._probe():
+                return
+            if not self._wait(choice.done):
+                self.feed.worker_done()  # the run stopped before the choice
+                return
+            self._become(choice.decision)
+        except BaseException as exc:  # a bug of ours: never let it pass silently
+            self.feed.fail(exc)
+
+    def _wait(self, event: threading.Event) -> bool:
+        """Wait for ``event`` or the run's stop; True if it is set."""
+        stop = self.feed.stop
+        while not event.wait(_WAIT_S):
+            if stop[0]:
+                return False
+        return True
+
+    def _probe(self) -> bool:
+        """Run the stage here on a measured thread worker; True if that worker ended
+        the slot (it went on as a thread worker, or the input or the run ended)."""
+        worker = ThreadWorker(self.feed, self.slot, self.kind.threads(), None, probe=self.choice)
+        self.inner = worker
+        worker.run_here()
+        if not worker.handed_over:
+            self.choice.conclude("the input ended while measuring")
+            return True
+        return False
+
+    def _become(self, decision: Decision | None) -> None:
+        kind = decision.kind if decision is not None else "thread"
+        self.slot.kind = kind
+        inner = self.kind.of(kind).worker(self.feed, self.slot)
+        self.inner = inner
+        if isinstance(inner, ThreadWorker):
+            inner.run_here()
+            return
+        inner.start()
+        inner.join()
+
+    def kill(self) -> None:
+        inner = self.inner
+        if inner is None or isinstance(inner, ThreadWorker):  # it runs in our thread
+            super().kill()
+        else:
+            inner.kill()
+
+    def check_timeout(self, now: float, timeout: float) -> None:
+        inner = self.inner
+        if inner is None:
+            return
+        inner.check_timeout(now, timeout)
+        if self.slot.abandoned:
+            self.choice.conclude("its item timed out while measuring")
+
+
+class AutoKind(WorkerKind):
+    """Workers of the stages whose kind is measured; ``of(kind)`` gives the run's
+    worker kind that a stage turns into, ``decided(feed, decision)`` tells the engine."""
+
+    kind = "auto"
+
+    def __init__(
+        self,
+        stop: list[bool],
+        adopt: Callable[[WorkerHandle], None] | None,
+        of: Callable[[str], WorkerKind],
+        decided: Callable[[StageFeed, Decision], None],
+    ) -> None:
+        super().__init__(stop, adopt)
+        self.of = of
+        self._decided = decided
+        self._choices: dict[str, _Choice] = {}
+        self._lock = threading.Lock()
+
+    def threads(self) -> ThreadKind:
+        kind = self.of("thread")
+        assert isinstance(kind, ThreadKind)
+        return kind
+
+    def worker(self, feed: StageFeed, slot: WorkerSlot) -> WorkerHandle:
+        with self._lock:
+            choice = self._choices.get(feed.name)
+            if choice is None:
+                choice = self._choices[feed.name] = _Choice(feed, self._decided)
+        return AutoWorker(feed, slot, choice, self)
+
+
+backend_class = AutoKind

@@ -42,9 +42,11 @@ def marks_named(directory: str | Path, prefix: str) -> list[str]:
     return sorted(p for p in os.listdir(directory) if p.startswith(prefix))
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+def wait_until(
+    predicate: Callable[[], bool], what: str, timeout: float = 30.0, every: float = 0.002
+) -> None:
     """Poll a state that another thread or process changes; fail only if it never comes."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.002)
+        time.sleep(every)

@@ -207,12 +207,16 @@ class Decision:
         return f"{self.kind}: {self.evidence}"
 
 
-def static_choice(target: Any, is_async: bool, sendable_error: str | None) -> Decision | None:
+def static_choice(
+    target: Any, is_async: bool, sendable_error: str | None, workers: int = 2
+) -> Decision | None:
     """The kind for a stage that needs no measuring, or None (measure it)."""
     if is_async:
         return Decision("asyncio", "async def")
     if gil_disabled():
         return Decision("thread", "free-threaded CPython with the GIL off")
+    if workers < 2:
+        return Decision("thread", "one worker: processes would not run it faster")
     reason = shared_state_reason(target)
     if reason is not None:
         return Decision("thread", f"writes this process's state: {reason}")
@@ -247,14 +251,14 @@ def send_cost(items: list[Any], results: list[Any]) -> float:
     """Seconds per item to pickle an item and its result and unpickle both (what a
     process worker adds per item, on each side), from a few of them."""
     pairs = list(zip(items, results, strict=False))[:8] or [(items[0] if items else None, None)]
-    t0 = time.perf_counter()
+    t0 = time.thread_time()  # CPU time: waits for the GIL are not the pickles' cost
     try:
         for item, result in pairs:
             pickle.loads(pickle.dumps(item, 5))
             pickle.loads(pickle.dumps(result, 5))
     except Exception:
         return float("inf")  # results that cannot be pickled: processes cannot run it
-    return (time.perf_counter() - t0) / len(pairs) + SEND_FIXED_S
+    return (time.thread_time() - t0) / len(pairs) + SEND_FIXED_S
 
 
 def gil_wait_sample(other: int) -> tuple[float, float] | None:
@@ -267,13 +271,15 @@ def gil_wait_sample(other: int) -> tuple[float, float] | None:
     ``other`` waited for a CPU during the look (the GIL then sits unused, whoever
     holds it): under load, such looks say nothing and are left out."""
     q0 = schedstat()[1]
-    other_q0 = schedstat(other)[1]
+    other_c0, other_q0 = schedstat(other)
     t0 = time.perf_counter()
     time.sleep(CANARY_SLEEP_S)
     elapsed = time.perf_counter() - t0
-    other_queued = (schedstat(other)[1] - other_q0) / 1e9
-    if other_queued > 0.3 * elapsed:
+    other_c1, other_q1 = schedstat(other)
+    if (other_q1 - other_q0) / 1e9 > 0.3 * elapsed:
         return None
+    if elapsed > 2 * CANARY_SLEEP_S and (other_c1 - other_c0) / 1e9 < 0.5 * elapsed:
+        return None  # a long look while ``other`` hardly ran (its clocks lag while queued)
     span = max(CANARY_SLEEP_S, elapsed - (schedstat()[1] - q0) / 1e9)
     return span - CANARY_SLEEP_S, span
 
@@ -291,22 +297,30 @@ def decide(
     the share of its time a canary thread waited for the GIL while the function ran
     (None: not measured yet);
     ``cost``, seconds to send an item and its result to a process. None means: measure
-    the GIL (or measure it again, if too close to call)."""
-    if share < IO_BOUND:
-        return Decision("thread", f"cpu {share:.0%}: waits more than it computes (I/O-bound)")
-    if workers < 2:
-        return Decision("thread", f"cpu {share:.0%}, one worker: processes would not run it faster")
+    the GIL (or measure it again, if too close to call).
+
+    A low CPU share alone is not trusted: a thread that waits for the GIL (other
+    threads of this process hold it, on a busy machine for long) is off the CPU too.
+    So the GIL is measured then as well, and a function that waited while the GIL was
+    free is I/O-bound, one that waited while it was busy is judged as CPU-bound."""
     per_item = max(per_item, 1e-9)
     detail = f"{_us(per_item)}/item vs {_us(cost)} to send"
-    if cost * PROCESS_GAIN > per_item:  # the engine could not even send items fast enough
+    if share >= IO_BOUND and cost * PROCESS_GAIN > per_item:
+        # the engine could not even send items as fast as threads run them
         return Decision("thread", f"cpu {share:.0%}, {detail}: processes would not gain")
     if gil_blocked is None:
         return None
     waited = f"another thread waited for it {gil_blocked:.0%} of the time"
     if gil_blocked <= GIL_FREE:
+        if share < IO_BOUND:
+            return Decision(
+                "thread", f"cpu {share:.0%}, gil free: waits more than it computes (I/O-bound)"
+            )
         return Decision("thread", f"cpu {share:.0%}, gil released ({waited})")
     if gil_blocked < GIL_HELD:
         return None  # too close to call
+    if cost * PROCESS_GAIN > per_item:
+        return Decision("thread", f"cpu {share:.0%}, {detail}: processes would not gain")
     n = min(workers, cpus or usable_cpus())
     thread_rate = 1.0 / per_item
     process_rate = min(n / (per_item + cost), 1.0 / cost) if cost > 0 else n / per_item

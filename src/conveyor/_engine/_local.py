@@ -54,7 +54,7 @@ def _resolve_static_choices(
     out, decisions = [], {}
     for spec in stages:
         if spec.kind == "auto":
-            decision = static_choice(spec.target, spec.is_async, spec.unsendable)
+            decision = static_choice(spec.target, spec.is_async, spec.unsendable, spec.workers)
             if decision is not None:
                 spec = dataclasses.replace(spec, kind=decision.kind)
                 decisions[spec.name] = str(decision)
@@ -399,12 +399,14 @@ class LocalRun:
                     retried=sum(s.retried for s in slots),
                     restarts=sum(s.restarts for s in slots),
                     duplicates=sum(s.duplicates for s in slots),
+                    decision=rt.decision,
                 )
             )
         return RunStats(self.name, self.state, elapsed, tuple(stages))
 
     def workers(self) -> list[WorkerStatus]:
         now = time.monotonic()
+        decisions = {rt.name: rt.decision for rt in self._stages}
         out = []
         for h in self._handles:
             s = h.slot
@@ -421,6 +423,7 @@ class LocalRun:
                     state_seconds=max(0.0, now - s.state_since) if s.state_since else 0.0,
                     items_done=s.items_done,
                     abandoned=s.abandoned,
+                    decision=decisions.get(s.stage, ""),
                 )
             )
         return out

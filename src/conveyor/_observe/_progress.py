@@ -86,6 +86,7 @@ class StageLine:
     """0 when the stage has no input queue (the source)."""
     utilization: float
     is_source: bool
+    decision: str = ""
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ def make_frame(stats: RunStats, recent: dict[str, float], final: bool) -> Frame:
                 queue_maxsize=s.queue_maxsize,
                 utilization=s.utilization,
                 is_source=i == 0 and s.queue_maxsize == 0,  # only the source has no input
+                decision=s.decision,
             )
         )
     return Frame(
@@ -168,6 +170,8 @@ def format_line(frame: Frame) -> str:
             text += f" q {s.queue_size}/{s.queue_maxsize}"
         if s.failed:
             text += f" {s.failed:,} failed"
+        if s.decision:
+            text += f" [{s.decision}]"
         parts.append(text)
     state = "" if frame.state == "running" and not frame.final else f" {frame.state}"
     return f"{PREFIX} {frame.elapsed:.1f}s{state}  " + " | ".join(parts)
@@ -224,8 +228,11 @@ def build_table(frame: Frame) -> Table:
             "-" if s.is_source else f"{s.utilization:.0%}",
             Text(f"{s.failed:,}", style="red" if s.failed else "dim"),
         )
+    caption = [f"kind of {s.name}: {s.decision}" for s in frame.stages if s.decision]
     if frame.bottleneck is not None:
-        table.caption = f"busiest stage: {frame.bottleneck}"
+        caption.insert(0, f"busiest stage: {frame.bottleneck}")
+    if caption:
+        table.caption = "\n".join(caption)
         table.caption_justify = "left"
     return table
 

@@ -57,6 +57,8 @@ class WorkerStatus:
     """Items it processed without failing."""
     abandoned: bool = False
     """A thread still running user code after the run stopped without it."""
+    decision: str = ""
+    """Why the worker runs on its kind, when conveyor chose it (see StageStats.decision)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,10 @@ class StageStats:
     duplicates: int = 0
     """Outputs passed on twice: outputs a worker had streamed before it died, which its
     items' second delivery produced again (at-least-once, only for crashed workers)."""
+    decision: str = ""
+    """For a stage given no ``kind``: the kind conveyor chose and why, for example
+    ``"process: cpu 97%, gil held (...), 480 us/item vs 6 us to send"``; empty while
+    it is still measuring (``kind`` is then ``"auto"``), and for an explicit kind."""
 
     @property
     def rate(self) -> float:
@@ -142,4 +148,5 @@ class RunStats:
             )
         if self.bottleneck:
             lines.append(f"busiest stage: {self.bottleneck}")
+        lines.extend(f"kind of {s.name}: {s.decision}" for s in self.stages if s.decision)
         return "\n".join(lines)

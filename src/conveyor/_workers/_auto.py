@@ -29,12 +29,20 @@ if TYPE_CHECKING:
 __all__ = ["AutoKind"]
 
 SERIAL_S = 0.02  # seconds of the function running on one thread before deciding
-POLL_S = 0.002  # how often the watcher looks at the probing thread
+POLL_S = 0.005  # how often the watcher looks at the probing thread
 CANARY_S = 0.025  # seconds of canary looks while the function runs
 CANARY_LOOKS = 4  # and at least this many
 CANARY_GIVE_UP_S = 1.0  # the function runs too rarely to measure the GIL: threads
-ATTEMPTS = 2  # GIL measurements before a close call goes to threads
+MEASURE_GIVE_UP_S = 1.0  # its input comes too slowly to measure it at all: threads
+# GIL measurements: a held GIL is conclusive at once (nothing makes a canary wait
+# long for a free GIL), a free one must be seen every time (under load, a look can
+# get in while the GIL's holder waits for a CPU)
+ATTEMPTS = 3
 _WAIT_S = 0.05  # how often a waiting worker looks at the run's stop flag
+
+
+class _InputTooSlow(Exception):
+    """The probing thread ran the function too little to measure it."""
 
 
 class _Choice:
@@ -58,7 +66,11 @@ class _Choice:
         self._busy_s = 0.0  # seconds of batches that ended
         self._running_since = 0.0  # perf_counter() at the start of the running batch, or 0
         self._items_done = 0
-        self._cpu_done = 0.0  # CPU seconds of the batches that ended
+        # the batches that ended, by the probing thread's own clocks (seconds)
+        self._wall_done = 0.0
+        self._cpu_done = 0.0
+        self._queued_done = 0.0
+        self._started = threading.Event()  # set while the probing thread runs a batch
         self._items: list[Any] = []  # a few items and results, to price sending them
         self._results: list[Any] = []
 
@@ -77,16 +89,21 @@ class _Choice:
             self._watcher.start()
         t0 = time.perf_counter()
         self._running_since = t0
-        return t0, time.thread_time()
+        self._started.set()
+        return t0, time.thread_time(), schedstat()[1]
 
     def after(self, token: object, items: list[Any], results: list[Any] | None) -> None:
-        t0, c0 = cast("tuple[float, float]", token)
-        self._busy_s += time.perf_counter() - t0
+        t0, c0, q0 = cast("tuple[float, float, int]", token)
+        wall = time.perf_counter() - t0
+        self._busy_s += wall
         self._running_since = 0.0
+        self._started.clear()
         if results is None:
             return
         self._items_done += len(items)
         self._cpu_done += time.thread_time() - c0
+        self._queued_done += max(0, schedstat()[1] - q0) / 1e9
+        self._wall_done += wall
         if len(self._items) < 8:
             self._items.extend(items[:8])
             self._results.extend(results[:8])
@@ -107,12 +124,16 @@ class _Choice:
             self._decide(decision)
 
     def _measure(self) -> Decision | None:
-        share = self._cpu_share()
+        try:
+            share = self._cpu_share()
+        except _InputTooSlow as slow:
+            return Decision("thread", str(slow))
         if share is None:
             return None  # the run stopped, or the probing worker left
         decision = decide(share, self._per_item(), None, self.feed.spec.workers, self._cost())
         if decision is not None:
             return decision
+        free: list[Decision] = []
         for _ in range(ATTEMPTS):
             blocked = self._gil_blocked()
             if blocked is None:
@@ -120,8 +141,12 @@ class _Choice:
             decision = decide(
                 share, self._per_item(), blocked, self.feed.spec.workers, self._cost()
             )
+            if decision is not None and "gil held" in decision.evidence:
+                return decision  # conclusive
             if decision is not None:
-                return decision
+                free.append(decision)
+        if len(free) == ATTEMPTS:
+            return free[-1]
         return Decision("thread", f"cpu {share:.0%}, gil too close to call")
 
     def _stopped(self) -> bool:
@@ -129,11 +154,21 @@ class _Choice:
 
     def _cpu_share(self) -> float | None:
         """The share of its running time (wall time minus waits for a CPU) the probing
-        thread spent on a CPU, over SERIAL_S seconds of it running the function."""
+        thread spent on a CPU, over SERIAL_S seconds of it running the function: from
+        the batches it finished, or, while a batch takes long, from the outside."""
         busy = cpu = queued = 0.0
+        give_up = time.perf_counter() + MEASURE_GIVE_UP_S
         while busy < SERIAL_S:
             if self._stopped():
                 return None
+            if self._wall_done >= SERIAL_S:
+                running = max(self._wall_done - self._queued_done, 1e-9)
+                return min(1.0, self._cpu_done / running)
+            if time.perf_counter() > give_up:
+                raise _InputTooSlow(
+                    f"its input came too slowly to measure it (it ran {busy * 1000:.0f} ms "
+                    f"of {MEASURE_GIVE_UP_S:.0f} s)"
+                )
             t0 = time.perf_counter()
             b0 = self._busy_until(t0)
             c0, q0 = schedstat(self._prober)
@@ -161,8 +196,8 @@ class _Choice:
         while measured < CANARY_S or looks < CANARY_LOOKS:
             if self._stopped() or time.perf_counter() > give_up:
                 return waited / measured if looks >= CANARY_LOOKS else None
-            if not self._running_since:
-                time.sleep(POLL_S / 4)  # between batches, or waiting for input
+            if not self._running_since:  # between batches, or waiting for input
+                self._started.wait(POLL_S)
                 continue
             t0 = time.perf_counter()
             busy0 = self._busy_until(t0)

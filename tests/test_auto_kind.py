@@ -191,6 +191,14 @@ class _Tally:
         return x
 
 
+_TALLY = _Tally()
+
+
+def _sets_an_attribute_of_a_global(x: int) -> int:
+    _TALLY.n = x
+    return x
+
+
 def _closure_over(value: Any) -> Callable[[int], int]:
     def fn(x: int) -> int:
         return x + 0 * len(str(value))
@@ -214,6 +222,7 @@ def _first_of_two(d: dict[str, int], x: int) -> int:
         (_appends_to_a_global, "changes the global list '_RESULTS' (append)"),
         (_assigns_a_global, "assigns the global '_TOTAL'"),
         (_stores_into_a_global, "changes the global list '_RESULTS' (item assignment)"),
+        (_sets_an_attribute_of_a_global, "changes the global _Tally '_TALLY' (.n =)"),
     ],
 )
 def test_state_writers_stay_on_threads(target: Any, reason: str) -> None:

@@ -125,13 +125,15 @@ def _global_writes(fn: types.FunctionType) -> str | None:
                 continue
             name = str(ins.argval).removeprefix("NULL + ").removesuffix(" + NULL")
             value = env.get(name)
-            if not isinstance(value, _MUTABLE):
+            if not _is_mutable_object(value):
                 continue
             for nxt in instructions[i + 1 : i + 4]:
                 if nxt.opname in ("LOAD_METHOD", "LOAD_ATTR") and nxt.argval in _MUTATORS:
                     return f"changes the global {_describe(value)} {name!r} ({nxt.argval})"
                 if nxt.opname in ("STORE_SUBSCR", "DELETE_SUBSCR"):
                     return f"changes the global {_describe(value)} {name!r} (item assignment)"
+                if nxt.opname in ("STORE_ATTR", "DELETE_ATTR"):
+                    return f"changes the global {_describe(value)} {name!r} (.{nxt.argval} =)"
     return None
 
 

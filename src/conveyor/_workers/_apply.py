@@ -168,11 +168,7 @@ class Processor:
 
     def setup(self) -> None:
         """Make this worker's instance of a stage class and call its ``setup()``."""
-        target = self.target
-        if is_stage_class(target):
-            self._obj = target()
-        elif is_stage_object(target):
-            self._obj = copy.deepcopy(target)
+        self._obj = stage_instance(self.target)
         if self._obj is not None:
             self.fn = self._obj.process
             setup = getattr(self._obj, "setup", None)
@@ -416,6 +412,16 @@ def _iterate(got: Any, fn: Any) -> Iterable[Any]:
             f"{name} returned {type(got).__name__}, not an iterable: a flat_map function or a "
             "producer must return an iterable (or be a generator function)"
         ) from None
+
+
+def stage_instance(target: Any) -> Any:
+    """A worker's own instance of a stage class (or copy of a stage object); None for a
+    function."""
+    if is_stage_class(target):
+        return target()
+    if is_stage_object(target):
+        return copy.deepcopy(target)
+    return None
 
 
 def is_stage_class(target: Any) -> bool:

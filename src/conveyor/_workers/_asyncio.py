@@ -53,7 +53,6 @@ Shape of a stage of ``n`` asyncio workers::
 from __future__ import annotations
 
 import asyncio
-import copy
 import inspect
 import os
 import queue
@@ -71,8 +70,7 @@ from ._apply import (
     ItemFailed,
     _iterate,
     describe_exception,
-    is_stage_class,
-    is_stage_object,
+    stage_instance,
 )
 from ._base import StageFeed, Stopping, WorkerHandle, WorkerKind, WorkerSlot
 from ._context import WorkerInfo, set_current_worker
@@ -317,11 +315,7 @@ class _AsyncStage:
         self._obj: Any = None
 
     async def setup(self) -> None:
-        target = self.target
-        if is_stage_class(target):
-            self._obj = target()
-        elif is_stage_object(target):
-            self._obj = copy.deepcopy(target)
+        self._obj = stage_instance(self.target)
         if self._obj is not None:
             self.fn = self._obj.process
             await _call_hook(getattr(self._obj, "setup", None))

@@ -263,7 +263,7 @@ class AutoWorker(ThreadHandle):
         self.inner = worker
         worker.run_here()
         if not worker.handed_over:
-            self.choice.conclude("the input ended while measuring")
+            self.choice.conclude("the input ended (or the run stopped) while measuring")
             return True
         return False
 

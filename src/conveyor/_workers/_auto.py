@@ -2,12 +2,15 @@
 
 Every worker of an auto stage starts as an :class:`AutoWorker`. The first one runs
 the stage on a thread, measured by the stage's :class:`_Choice`; if the function
-turns out CPU-bound, a canary thread measures whether it holds the GIL. Once the
-choice is made, the probing worker either goes on as a thread worker (the choice is
-threads) or tears down and hands its slot to a worker of the chosen kind; the other
-workers, which waited for the choice, start as that kind. The probe's items
-are real ones: taken from the stage's input, processed once, their outputs passed
-on in order like any other.
+turns out CPU-bound, a canary thread measures whether it holds the GIL. The other
+workers wait, so that the measured thread has the GIL to itself, but only while the
+function looks CPU-bound: once its CPU share says it mostly waits, they start as
+thread workers while the GIL is checked (threads are then all but certain, and an
+I/O stage on one worker would hold the pipeline back). Once the choice is made, the
+thread workers either go on (the choice is threads) or finish their batch, tear down
+and hand their slot to a worker of the chosen kind; workers still waiting start as
+that kind. The items run while measuring are real ones: taken from the stage's
+input, processed once, their outputs passed on in order like any other.
 
 If measuring ends before a choice (the input ran out, the run stopped, the probing
 item timed out), the stage stays on threads.
@@ -19,7 +22,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from .._gil import Decision, decide, gil_wait_sample, schedstat, send_cost
+from .._gil import (
+    IO_BOUND,
+    PROCESS_GAIN,
+    Decision,
+    decide,
+    gil_wait_sample,
+    schedstat,
+    send_cost,
+)
 from ._base import StageFeed, ThreadHandle, WorkerHandle, WorkerKind, WorkerSlot
 from ._thread import ThreadKind, ThreadWorker
 
@@ -34,11 +45,11 @@ CANARY_S = 0.025  # seconds of canary looks while the function runs
 CANARY_LOOKS = 4  # and at least this many
 CANARY_GIVE_UP_S = 1.0  # the function runs too rarely to measure the GIL: threads
 MEASURE_GIVE_UP_S = 1.0  # its input comes too slowly to measure it at all: threads
+_WAIT_S = 0.05  # how often a waiting worker looks at the run's stop flag
 # GIL measurements: a held GIL is conclusive at once (nothing makes a canary wait
 # long for a free GIL), a free one must be seen every time (under load, a look can
 # get in while the GIL's holder waits for a CPU)
 ATTEMPTS = 3
-_WAIT_S = 0.05  # how often a waiting worker looks at the run's stop flag
 
 
 class _InputTooSlow(Exception):
@@ -60,6 +71,7 @@ class _Choice:
         self._on_decided = decided
         self.decision: Decision | None = None
         self.done = threading.Event()
+        self.mostly_waits = threading.Event()  # the other workers may start as threads
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
         self._prober = 0  # the probing thread's native id
@@ -130,6 +142,13 @@ class _Choice:
             return Decision("thread", str(slow))
         if share is None:
             return None  # the run stopped, or the probing worker left
+        if share < IO_BOUND:
+            self.mostly_waits.set()
+        elif self._per_item() > PROCESS_GAIN * self._cost():
+            # processes are likely: start their launcher while the GIL is measured
+            from ._zygote import Zygote
+
+            Zygote.get()
         decision = decide(share, self._per_item(), None, self.feed.spec.workers, self._cost())
         if decision is not None:
             return decision
@@ -227,6 +246,20 @@ class _Choice:
         self._decide(Decision("thread", why))
 
 
+class _Follower:
+    """The probe hooks of the stage's other thread workers: go on until the choice
+    says otherwise; nothing to measure."""
+
+    def __init__(self, choice: _Choice) -> None:
+        self.go_on = choice.go_on
+
+    def before(self) -> object:
+        return None
+
+    def after(self, token: object, items: list[Any], results: list[Any] | None) -> None:
+        pass
+
+
 class AutoWorker(ThreadHandle):
     def __init__(self, feed: StageFeed, slot: WorkerSlot, choice: _Choice, kind: AutoKind) -> None:
         self.feed = feed
@@ -239,33 +272,39 @@ class AutoWorker(ThreadHandle):
     def _run(self) -> None:
         choice, slot = self.choice, self.slot
         try:
-            if slot.index == 1 and self._probe():
-                return
-            if not self._wait(choice.done):
+            measured = slot.index == 1
+            if not measured and not self._wait_for(choice):
                 self.feed.worker_done()  # the run stopped before the choice
+                return
+            if choice.decision is not None and choice.decision.kind != "thread":
+                self._become(choice.decision)
+                return
+            worker = ThreadWorker(
+                self.feed,
+                slot,
+                self.kind.threads(),
+                None,
+                probe=choice if measured else _Follower(choice),
+            )
+            self.inner = worker
+            worker.run_here()
+            if not worker.handed_over:  # it went on as a thread worker to the end
+                if measured:
+                    choice.conclude("the input ended (or the run stopped) while measuring")
                 return
             self._become(choice.decision)
         except BaseException as exc:  # a bug of ours: never let it pass silently
             self.feed.fail(exc)
 
-    def _wait(self, event: threading.Event) -> bool:
-        """Wait for ``event`` or the run's stop; True if it is set."""
+    def _wait_for(self, choice: _Choice) -> bool:
+        """Wait until the choice is made or this worker may start as a thread; False
+        if the run stopped first."""
         stop = self.feed.stop
-        while not event.wait(_WAIT_S):
+        while not (choice.done.is_set() or choice.mostly_waits.is_set()):
             if stop[0]:
                 return False
+            choice.done.wait(_WAIT_S)
         return True
-
-    def _probe(self) -> bool:
-        """Run the stage here on a measured thread worker; True if that worker ended
-        the slot (it went on as a thread worker, or the input or the run ended)."""
-        worker = ThreadWorker(self.feed, self.slot, self.kind.threads(), None, probe=self.choice)
-        self.inner = worker
-        worker.run_here()
-        if not worker.handed_over:
-            self.choice.conclude("the input ended (or the run stopped) while measuring")
-            return True
-        return False
 
     def _become(self, decision: Decision | None) -> None:
         kind = decision.kind if decision is not None else "thread"
@@ -290,7 +329,7 @@ class AutoWorker(ThreadHandle):
         if inner is None:
             return
         inner.check_timeout(now, timeout)
-        if self.slot.abandoned:
+        if self.slot.abandoned and self.slot.index == 1:
             self.choice.conclude("its item timed out while measuring")
 
 

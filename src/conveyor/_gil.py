@@ -217,11 +217,11 @@ def static_choice(
         return Decision("asyncio", "async def")
     if gil_disabled():
         return Decision("thread", "free-threaded CPython with the GIL off")
-    if workers < 2:
-        return Decision("thread", "one worker: processes would not run it faster")
     reason = shared_state_reason(target)
     if reason is not None:
         return Decision("thread", f"writes this process's state: {reason}")
+    if workers < 2:
+        return Decision("thread", "one worker: processes would not run it faster")
     if sendable_error is not None:
         return Decision("thread", f"cannot be sent to a process: {sendable_error}")
     return None

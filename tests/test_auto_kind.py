@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import fcntl
 import functools
 import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,16 +62,19 @@ def marked_cpu(x: int, marks: str) -> int:
 
 @pytest.fixture(params=[False, True], ids=["quiet", "busy-core"])
 def load(request: pytest.FixtureRequest) -> Iterator[bool]:
-    """Run the test as is, and again while another process keeps a core busy."""
+    """Run the test as is, and again while another process keeps a core busy (one
+    core: the busy-core runs of parallel test processes take turns)."""
     if not request.param:
         yield False
         return
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        yield True
-    finally:
-        spinner.kill()
-        spinner.wait()
+    with open(os.path.join(tempfile.gettempdir(), "conveyor-tests-busy-core.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            yield True
+        finally:
+            spinner.kill()
+            spinner.wait()
 
 
 def decision_for(fn: Callable[[int], int], workers: int = 2) -> str:
@@ -162,7 +167,7 @@ def test_the_decision_shows_in_stats_workers_and_progress() -> None:
 
 # -- deciding before running -----------------------------------------------------------------
 
-_RESULTS: list[int] = []
+_RESULTS: list[int] = [0]
 _TOTAL = 0
 
 

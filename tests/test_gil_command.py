@@ -166,7 +166,9 @@ def test_json_parses_and_has_the_fields() -> None:
         (["--workers", "1"], "Invalid value for '--workers': 1 is not in the range 2<=x<=1024"),
         (["--workers", "many"], "Invalid value for '--workers': 'many' is not a valid integer"),
         (["--fast"], "No such option"),  # click 8.2: "No such option '--fast'."
-        (["mymodule:fn"], "Got unexpected extra argument (mymodule:fn)"),
+        (["--items", "mod:items"], "--items goes with MODULE:FUNCTION"),
+        (["no_such_module_here:fn"], "no module named 'no_such_module_here'"),
+        (["a", "b"], "Got unexpected extra argument (b)"),
     ],
 )
 def test_a_bad_option_is_a_usage_error(runner: CliRunner, args: list[str], message: str) -> None:
@@ -385,3 +387,74 @@ def test_runners_report_the_work_and_its_failures() -> None:
         RuntimeError, match=r"measuring process 0 exited \(code 1\) before it was ready"
     ):
         _gilbench.run_processes(math.factorial, [1], warmup=-1)
+
+
+# -- classifying a function ------------------------------------------------------------------
+
+USER_MODULE = """
+import hashlib
+import time
+
+
+def cpu(x):
+    s = 0
+    for i in range(20000):
+        s += i * i
+    return s & 1
+
+
+def hashing(x):
+    return hashlib.sha256(b"x" * (1 << 20)).digest()
+
+
+def sleepy(x):
+    time.sleep(0.002)
+
+
+def lines():
+    return ["a b c"] * 100_000
+
+
+def split(line):
+    return line.split()
+
+
+not_a_function = 3
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "gil_user_module.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    return "gil_user_module"
+
+
+@pytest.mark.parametrize(
+    ("function", "says"),
+    [
+        ("cpu", "-> process: cpu"),
+        ("hashing", "-> thread: cpu"),
+        ("sleepy", "-> thread: cpu"),
+    ],
+)
+def test_classifies_a_function_as_auto_would(
+    runner: CliRunner, user_module: str, function: str, says: str
+) -> None:
+    code, out, err = invoke(runner, "gil", f"{user_module}:{function}", "--workers", "2")
+    assert code == 0, err
+    assert out.startswith(f"{user_module}:{function} on 2 workers ")
+    assert says in out
+
+
+def test_classifies_on_the_items_given(runner: CliRunner, user_module: str) -> None:
+    args = ["gil", f"{user_module}:split", "--items", f"{user_module}:lines"]
+    code, out, err = invoke(runner, *args)
+    assert code == 0, err
+    assert "-> thread: " in out
+
+
+def test_classifying_something_that_is_not_a_function(runner: CliRunner, user_module: str) -> None:
+    code, _, err = invoke(runner, "gil", f"{user_module}:not_a_function")
+    assert code == 2
+    assert "not a function" in err

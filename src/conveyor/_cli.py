@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import itertools
 import json
 import os
 import signal
@@ -44,7 +45,7 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from . import __version__, _demo, _gilbench
-from ._errors import PipelineError, StageError
+from ._errors import Cancelled, PipelineError, StageError
 from ._pipeline import Pipeline
 
 if TYPE_CHECKING:
@@ -183,14 +184,12 @@ def _import_module(name: str) -> Any:
         ) from None
 
 
-def load_pipeline(target: str) -> Pipeline[Any]:
-    """The Pipeline that ``MODULE:ATTR`` names (ATTR may be dotted, ``jobs.nightly``)."""
+def load_attr(target: str, expected: str) -> Any:
+    """The object that ``MODULE:ATTR`` names (ATTR may be dotted, ``jobs.nightly``);
+    ``expected`` says what it should be, for the error messages."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise BadTarget(
-            f"expected MODULE:ATTR, such as mypipes:pipeline (a Pipeline, or a function "
-            f"of no arguments that returns one); got {target!r}"
-        )
+        raise BadTarget(f"expected MODULE:ATTR naming {expected}; got {target!r}")
     module = _import_module(module_name)
     obj: Any = module
     for part in attr.split("."):
@@ -200,9 +199,18 @@ def load_pipeline(target: str) -> Pipeline[Any]:
             found = [k for k, v in vars(module).items() if isinstance(v, Pipeline)]
             hint = f"; its pipelines: {', '.join(sorted(found))}" if found else ""
             raise BadTarget(f"module {module_name!r} has no attribute {attr!r}{hint}") from None
+    return obj
+
+
+def load_pipeline(target: str) -> Pipeline[Any]:
+    """The Pipeline that ``MODULE:ATTR`` names."""
+    obj = load_attr(
+        target,
+        "a Pipeline (or a function of no arguments that returns one), such as mypipes:pipeline",
+    )
     if isinstance(obj, Pipeline):
         return obj
-    what = f"{module_name}:{attr}"
+    what = target
     if not callable(obj):
         raise BadTarget(
             f"{what} is of type {type(obj).__name__}, not a conveyor.Pipeline or a "
@@ -395,19 +403,71 @@ def demo_command(
 )
 @click.option("--quick", is_flag=True, help="About one second instead of a few; coarser numbers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
-def gil_command(workers: int | None, quick: bool, as_json: bool) -> None:
+@click.argument("target", metavar="[MODULE:FUNCTION]", required=False)
+@click.option(
+    "--items",
+    metavar="MODULE:ATTR",
+    default=None,
+    help="With MODULE:FUNCTION: the items to measure it on (an iterable, or a function "
+    "of no arguments returning one). Default: 0, 1, 2, ...",
+)
+def gil_command(
+    workers: int | None, quick: bool, as_json: bool, target: str | None, items: str | None
+) -> None:
     """Measure the GIL on this machine: a pure-Python loop serially, on N threads and
     on N processes; hashing (which releases the GIL) and sleeping on threads.
 
     Each row shows its wall and CPU time, its speed-up against its serial run, the
     ideal speed-up, and what the numbers say.
+
+    With MODULE:FUNCTION, classify that function instead, the way kind="auto" would:
+    it runs on the items (as a sink, on N workers) until conveyor has chosen its
+    kind, and prints the choice and its evidence.
     """
+    if target is not None:
+        classify_command(target, items, workers)
+        return
+    if items is not None:
+        raise click.UsageError("--items goes with MODULE:FUNCTION")
     status = _StatusLine(sys.stderr)
     try:
         report = _gilbench.run_benchmark(workers, quick=quick, progress=status.show)
     finally:
         status.clear()
     show_report(report, as_json=as_json)
+
+
+def classify_command(target: str, items_target: str | None, workers: int | None) -> None:
+    """``conveyor gil MODULE:FUNCTION``: the kind auto chooses for it, and why."""
+    fn = load_attr(target, "a function to classify, such as mymodule:parse")
+    if not callable(fn):
+        raise BadTarget(f"{target} is of type {type(fn).__name__}, not a function")
+    items: Any = itertools.count()
+    if items_target is not None:
+        items = load_attr(items_target, "an iterable of items, or a function returning one")
+        if callable(items):
+            items = items()
+    n = workers or max(2, _gilbench.available_cpus())
+    try:
+        run = Pipeline().source(items).sink(fn, workers=n, name="target").run()
+    except (TypeError, ValueError) as exc:
+        raise BadTarget(f"{target} cannot be a stage: {exc}") from None
+    stage = run.stats().stages[-1]
+    try:
+        while not stage.decision and run.state == "running":
+            time.sleep(0.02)  # looking less often leaves the GIL to what is measured
+            stage = run.stats().stages[-1]
+    finally:
+        run.cancel()
+    try:
+        run.wait(timeout=60)
+    except (Cancelled, TimeoutError):
+        pass
+    except PipelineError as exc:
+        click.echo(f"{target}: it failed while being measured: {exc}", err=True)
+        sys.exit(1)
+    decision = stage.decision or f"{stage.kind}: chosen before measuring"
+    click.echo(f"{target} on {n} workers -> {decision}")
 
 
 def show_report(report: _gilbench.Report, *, as_json: bool) -> None:

@@ -58,8 +58,10 @@ import subprocess
 import sys
 import sysconfig
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from _harness import Runs, child_result
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 BURN_ITERS = int(os.environ.get("BENCH_BURN_ITERS") or 0)  # ~1 ms of CPU; set by the driver
@@ -376,37 +378,11 @@ def run_once(case: Case, env: dict[str, str], timeout: float) -> dict[str, Any]:
         )
     except subprocess.TimeoutExpired:
         return {"cid": case.cid, "error": f"TIMEOUT after {timeout:.0f}s"}
-    for line in reversed(p.stdout.strip().splitlines()):
-        if line.startswith("{"):
-            result: dict[str, Any] = json.loads(line)
-            return result
-    tail = " | ".join((p.stderr or "").strip().splitlines()[-3:])
-    return {"cid": case.cid, "error": f"rc={p.returncode} {tail}"}
+    return child_result(case.cid, p)
 
 
-@dataclass
-class Row:
+class Row(Runs):
     case: Case
-    runs: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def good(self) -> list[dict[str, Any]]:
-        return [r for r in self.runs if "seconds" in r and r.get("ok")]
-
-    @property
-    def problem(self) -> str:
-        for r in self.runs:
-            if "error" in r:
-                return str(r["error"])
-            if not r.get("ok"):
-                return f"wrong results ({r.get('check')})"
-        return ""
-
-    def values(self, key: str = "seconds") -> list[float]:
-        return [float(r[key]) for r in self.good]
-
-    def median(self, key: str = "seconds") -> float:
-        return statistics.median(self.values(key))
 
     def checks(self) -> set[str]:
         return {str(r.get("check")) for r in self.good}

@@ -59,8 +59,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from _harness import Runs, child_result
 
 Fn = Callable[[int], int]
 P = functools.partial
@@ -647,37 +649,14 @@ def run_once(case: Case, env: dict[str, str], timeout: float) -> dict[str, Any]:
             "interpreter_s": wall,
             "bg_share": bg,
         }
-    for line in reversed(lines):
-        if line.startswith("{"):
-            result: dict[str, Any] = json.loads(line)
-            return result
-    tail = " | ".join((p.stderr or "").strip().splitlines()[-3:])
-    return {"cid": case.cid, "error": f"rc={p.returncode} {tail}"}
+    return child_result(case.cid, p)
 
 
-@dataclass
-class Row:
+class Row(Runs):
     case: Case
-    runs: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
-    def good(self) -> list[dict[str, Any]]:
-        return [r for r in self.runs if "seconds" in r and r.get("ok")]
-
-    @property
-    def problem(self) -> str:
-        for r in self.runs:
-            if "error" in r:
-                return str(r["error"])
-            if not r.get("ok"):
-                return f"wrong results (got {r.get('got')} of {r.get('n')}, or bad sum/order)"
-        return ""
-
-    def values(self, key: str = "seconds") -> list[float]:
-        return [float(r[key]) for r in self.good]
-
-    def median(self, key: str = "seconds") -> float:
-        return statistics.median(self.values(key))
+    def wrong(self, result: dict[str, Any]) -> str:
+        return f"got {result.get('got')} of {result.get('n')}, or bad sum/order"
 
     def rates(self) -> list[float]:
         return [r["n"] / r["seconds"] for r in self.good]

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Runs", "child_result"]
+__all__ = [
+    "Runs",
+    "background_share",
+    "child_result",
+    "machine_busy_seconds",
+    "tree_cpu_seconds",
+]
 
 
 def child_result(cid: str, proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -50,3 +57,53 @@ class Runs:
 
     def median(self, key: str = "seconds") -> float:
         return statistics.median(self.values(key))
+
+
+# -- measuring, in the child interpreter ----------------------------------------------
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all processes), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def background_share(other_busy_s: float, seconds: float) -> float | None:
+    """The share of the machine's CPU that other processes used; None for runs too short
+    to tell (/proc/stat counts in clock ticks of 10 ms)."""
+    if seconds < 0.1:
+        return None
+    return max(0.0, other_busy_s) / (seconds * (os.cpu_count() or 1))
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of ``root`` and of every live descendant, each with its reaped children.
+
+    A worker that exited and was reaped counts in its parent's cutime/cstime; helpers
+    that are not our direct children (conveyor's launcher, a Manager) are found by
+    walking the process tree, so every library pays for all of its processes.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        cpu[int(entry)] = sum(int(x) for x in fields[11:15]) / tick  # u+s time, cu+cs time
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo.extend(children.get(pid, ()))
+    return total

@@ -61,7 +61,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from _harness import Runs, child_result
+from _harness import Runs, child_result, machine_busy_seconds, tree_cpu_seconds
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 BURN_ITERS = int(os.environ.get("BENCH_BURN_ITERS") or 0)  # ~1 ms of CPU; set by the driver
@@ -270,42 +270,6 @@ CASES = {c.cid: c for c in (
 # fmt: on
 
 # -- measuring, in the child interpreter -------------------------------------------------
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy (all processes), from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except OSError:
-        return float("nan")
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of ``root`` and of every live descendant, each with its reaped
-    children (a forkserver's workers, conveyor's launcher's workers are found by walking
-    the process tree)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    children: dict[int, list[int]] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        cpu[int(entry)] = sum(int(x) for x in fields[11:15]) / tick  # u+s time, cu+cs time
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += cpu.get(pid, 0.0)
-        todo.extend(children.get(pid, ()))
-    return total
 
 
 def preimport() -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import Cancelled as Cancelled
 from ._errors import Closed as Closed
+from ._errors import DeadlockError as DeadlockError
 from ._errors import ItemTimeout as ItemTimeout
 from ._errors import KindWarning as KindWarning
 from ._errors import PipelineError as PipelineError
@@ -57,6 +58,7 @@ __all__ = [
     "Channel",
     "ChannelStats",
     "Closed",
+    "DeadlockError",
     "Failure",
     "ItemTimeout",
     "KindWarning",

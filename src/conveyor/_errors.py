@@ -24,6 +24,7 @@ import reprlib
 __all__ = [
     "Cancelled",
     "Closed",
+    "DeadlockError",
     "ItemTimeout",
     "KindWarning",
     "PipelineError",
@@ -183,3 +184,13 @@ class RemoteTraceback(Exception):
 class KindWarning(UserWarning):
     """kind="auto" could not run a stage where it measured best (for example a function
     that cannot be sent to a process runs on threads); the message says why."""
+
+
+class DeadlockError(RuntimeError):
+    """Acquiring a ``conveyor.sync`` lock would wait for ever: the threads in
+    ``cycle_threads`` (idents) each wait for a lock the next one holds. The message
+    spells the cycle out and carries every involved thread's stack."""
+
+    def __init__(self, message: str, cycle_threads: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.cycle_threads = cycle_threads or []

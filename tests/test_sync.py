@@ -204,3 +204,61 @@ def test_rlock_release_by_another_thread_is_refused() -> None:
     error = w.finish()
     assert isinstance(error, RuntimeError)
     lock.release()
+
+
+# -- Condition --------------------------------------------------------------------------
+
+
+def test_producer_consumer_with_a_condition_is_not_a_deadlock() -> None:
+    cond = sync.Condition(name="queue")
+    items: list[int] = []
+    got: list[int] = []
+    n = 500
+
+    def produce() -> None:
+        for i in range(n):
+            with cond:
+                items.append(i)
+                cond.notify()
+
+    def consume() -> None:
+        while len(got) < n:
+            with cond:
+                cond.wait_for(lambda: bool(items), timeout=JOIN)
+                got.extend(items)
+                items.clear()
+
+    workers = [Worker(consume, "consumer"), Worker(produce, "producer")]
+    assert [w.finish() for w in workers] == [None, None]
+    assert got == list(range(n))
+
+
+def test_condition_wait_lets_go_of_every_level_of_an_rlock() -> None:
+    lock = sync.RLock("r")
+    cond = sync.Condition(lock)
+    ready = threading.Event()
+    seen: list[object] = []
+
+    def waiter() -> None:
+        with lock, lock:  # two levels
+            ready.set()
+            assert cond.wait(JOIN)
+            seen.append(lock._count)
+        seen.append(lock.owner)
+
+    w = Worker(waiter, "waiter")
+    ready.wait(JOIN)
+    with cond:  # possible only if wait() let go of both levels
+        cond.notify()
+    assert w.finish() is None
+    assert seen == [2, None]
+
+
+def test_a_condition_over_a_lock_and_its_default_name() -> None:
+    cond = sync.Condition(sync.Lock("plain"))
+    with cond:
+        assert not cond.wait(0.01)  # times out, holding the lock again
+        cond.notify_all()
+    default = sync.Condition()
+    assert default._lock.name.startswith("condition created at ")  # type: ignore[attr-defined]
+    assert __file__ in default._lock.name  # type: ignore[attr-defined]

@@ -22,14 +22,14 @@ from __future__ import annotations
 import sys
 import threading
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from ._errors import DeadlockError
 
 if TYPE_CHECKING:
     from types import CodeType, FrameType, TracebackType
 
-__all__ = ["DeadlockError", "Lock", "RLock"]
+__all__ = ["Condition", "DeadlockError", "Lock", "RLock"]
 
 RECHECK_S = 0.05
 
@@ -181,6 +181,17 @@ class Lock(_Tracked):
     def locked(self) -> bool:
         return self._lock.locked()
 
+    # -- for threading.Condition -------------------------------------------------
+
+    def _is_owned(self) -> bool:
+        return self.owner == threading.get_ident()
+
+    def _release_save(self) -> None:
+        self.release()
+
+    def _acquire_restore(self, state: None) -> None:
+        self.acquire()
+
 
 class RLock(_Tracked):
     """``threading.RLock`` that tracks its owner and raises DeadlockError instead of
@@ -220,7 +231,35 @@ class RLock(_Tracked):
             self.owner = None
             self._lock.release()
 
+    # -- for threading.Condition: wait() lets go of every level, then takes them back
+
+    def _is_owned(self) -> bool:
+        return self.owner == threading.get_ident()
+
+    def _release_save(self) -> int:
+        if self.owner != threading.get_ident():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        count, self._count = self._count, 0
+        self.owner = None
+        self._lock.release()
+        return count
+
+    def _acquire_restore(self, count: int) -> None:
+        self.acquire()
+        self._count = count
+
     def __exit__(
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+class Condition(threading.Condition):
+    """``threading.Condition`` over a ``conveyor.sync`` lock (a new ``RLock`` by
+    default): ``wait()`` lets the lock go while it waits, so a waiter holds nothing
+    in the wait-for graph, and taking the lock back is checked like any acquire."""
+
+    def __init__(self, lock: Lock | RLock | None = None, name: str | None = None) -> None:
+        if lock is None:
+            lock = RLock(name or f"condition created at {_site(2)}")
+        super().__init__(cast("Any", lock))  # typeshed knows only threading's locks

@@ -68,10 +68,10 @@ SIZING = {
     "thread": (0.002, 256, 0, 1),
     "process": (0.01, 32768, 4 << 20, 2),
     "asyncio": (0.002, 256, 0, 1),
+    # an auto stage starts on a measured thread, in batches long enough that the GIL
+    # canary rarely sees a batch boundary (where the engine's locks let the GIL go)
+    "auto": (0.02, 4096, 0, 1),
 }
-# An auto stage starts on a measured thread, in batches long enough that the GIL
-# canary rarely sees a batch boundary (where the engine's locks let the GIL go).
-SIZING["auto"] = (0.02, 4096, 0, 1)
 SOURCE_CHUNK = 1024
 OUTPUT_INITIAL = 64
 

@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 from .._gil import (
+    GIL_HELD,
     IO_BOUND,
     PROCESS_GAIN,
     Decision,
@@ -142,14 +143,15 @@ class _Choice:
             return Decision("thread", str(slow))
         if share is None:
             return None  # the run stopped, or the probing worker left
+        workers, cost = self.feed.spec.workers, self._cost()
         if share < IO_BOUND:
             self.mostly_waits.set()
-        elif self._per_item() > PROCESS_GAIN * self._cost():
+        elif self._per_item() > PROCESS_GAIN * cost:
             # processes are likely: start their launcher while the GIL is measured
             from ._zygote import Zygote
 
             Zygote.get()
-        decision = decide(share, self._per_item(), None, self.feed.spec.workers, self._cost())
+        decision = decide(share, self._per_item(), None, workers, cost)
         if decision is not None:
             return decision
         free: list[Decision] = []
@@ -157,12 +159,11 @@ class _Choice:
             blocked = self._gil_blocked()
             if blocked is None:
                 return Decision("thread", f"cpu {share:.0%}, ran too rarely to measure the GIL")
-            decision = decide(
-                share, self._per_item(), blocked, self.feed.spec.workers, self._cost()
-            )
-            if decision is not None and "gil held" in decision.evidence:
+            decision = decide(share, self._per_item(), blocked, workers, cost)
+            if blocked >= GIL_HELD:
+                assert decision is not None
                 return decision  # conclusive
-            if decision is not None:
+            if decision is not None:  # free (between the two: too close to call)
                 free.append(decision)
         if len(free) == ATTEMPTS:
             return free[-1]

@@ -42,7 +42,9 @@ from typing import Any
 __all__ = [
     "Decision",
     "decide",
+    "free_threaded_build",
     "gil_disabled",
+    "gil_enabled",
     "schedstat",
     "shared_state_reason",
     "static_choice",
@@ -52,16 +54,21 @@ __all__ = [
 
 
 def free_threaded_build() -> bool:
+    """CPython built without the GIL (``Py_GIL_DISABLED``); it may still run with it."""
     return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
-def gil_disabled() -> bool:
-    """True on a free-threaded CPython whose GIL is off now (an extension module that
-    does not support free threading turns it back on when imported)."""
-    if not free_threaded_build():
-        return False
+def gil_enabled() -> bool:
+    """Whether the GIL is on now: ``sys._is_gil_enabled()`` (3.13+), else always (a
+    free-threaded build turns it back on with PYTHON_GIL=1 or for an extension module
+    that does not support free threading, when it is imported)."""
     is_enabled = getattr(sys, "_is_gil_enabled", None)
-    return is_enabled is not None and not is_enabled()
+    return bool(is_enabled()) if is_enabled is not None else True
+
+
+def gil_disabled() -> bool:
+    """True on a free-threaded CPython whose GIL is off now."""
+    return free_threaded_build() and not gil_enabled()
 
 
 def schedstat(native_id: int | None = None) -> tuple[int, int]:
@@ -243,10 +250,11 @@ CANARY_SLEEP_S = 0.0005
 
 
 def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        return max(1, os.cpu_count() or 1)
 
 
 def send_cost(items: list[Any], results: list[Any]) -> float:

@@ -45,14 +45,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import signal
-import sys
-import sysconfig
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+from ._gil import free_threaded_build, gil_enabled
+from ._gil import usable_cpus as available_cpus
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -119,14 +119,6 @@ def _clock() -> float:
 # -- the machine and the interpreter ---------------------------------------------------
 
 
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def default_workers() -> int:
     """N: one worker per available CPU, at least 2 (one worker shows nothing)."""
     return max(2, available_cpus())
@@ -151,10 +143,7 @@ def gil_state() -> GilState:
     """The running interpreter's GIL: ``Py_GIL_DISABLED`` says how it was built, and
     ``sys._is_gil_enabled()`` (3.13+) whether the GIL is on now (a free-threaded
     build turns it back on with PYTHON_GIL=1 or for an extension that needs it)."""
-    free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
-    is_enabled: Callable[[], bool] | None = getattr(sys, "_is_gil_enabled", None)
-    enabled = bool(is_enabled()) if is_enabled is not None else True
-    return GilState(free_threaded_build=free_threaded, enabled=enabled)
+    return GilState(free_threaded_build=free_threaded_build(), enabled=gil_enabled())
 
 
 def interpreter_name() -> str:

@@ -9,6 +9,7 @@ import pytest
 
 import conveyor
 from conveyor import sync
+from conveyor.sync import _locks
 
 JOIN = 30.0  # only reached if something hangs
 KINDS = ["Lock", "RLock"]
@@ -42,7 +43,7 @@ class Worker(threading.Thread):
 
 
 def waiting_for(lock: sync.Lock | sync.RLock) -> Callable[[], bool]:
-    return lambda: lock in sync._waiting.values()
+    return lambda: lock in _locks._waiting.values()
 
 
 def wait_state(predicate: Callable[[], bool]) -> None:

@@ -24,12 +24,12 @@ import threading
 import traceback
 from typing import TYPE_CHECKING, Any, cast
 
-from ._errors import DeadlockError
+from .._errors import DeadlockError
 
 if TYPE_CHECKING:
     from types import CodeType, FrameType, TracebackType
 
-__all__ = ["Condition", "DeadlockError", "Lock", "RLock"]
+__all__ = ["Condition", "Lock", "RLock", "blocked_on"]
 
 RECHECK_S = 0.05
 
@@ -100,6 +100,19 @@ class _Tracked:
     def __repr__(self) -> str:
         owner = "unlocked" if self.owner is None else f"held by {_thread_name(self.owner)}"
         return f"<conveyor.sync.{type(self).__name__} {self.name!r} {owner}>"
+
+
+def blocked_on(thread: int) -> str | None:
+    """What the thread with ident ``thread`` waits for without a timeout, described
+    ("lock a, held by T2 (taken at app.py:20)"), or None when it waits for no
+    ``conveyor.sync`` lock. For reports of a stalled program."""
+    with _graph:
+        lock = _waiting.get(thread)
+    if lock is None:
+        return None
+    owner = lock.owner
+    held = "free" if owner is None else f"held by {_thread_name(owner)} (taken at {lock.taken_at})"
+    return f"{lock.name}, {held}"
 
 
 def _cycle_from(me: int) -> list[tuple[int, _Tracked]] | None:

@@ -35,7 +35,9 @@ Transports (every one carries arbitrary Python objects, pickled, and is bounded)
 Payloads: ``int`` (a small int), ``bytes100`` (100 bytes), ``dict10`` (a dict of 10
 fields: ints, floats, short strings), ``bytes64k`` (64 KiB of bytes) and ``numpy1m``
 (a 1 MiB numpy array of float64). Each producer sends the same object over and over,
-so the figures are the transport's and the pickling's, not the making of the items.
+so the figures are the transport's and the pickling's, not the making of the items;
+the batched transports send a list of ``batch`` distinct copies of it (equal values,
+no shared objects but the dict keys), made once.
 
 Topologies: ``1->1`` (one producer process, one consumer process) and ``2->2``. Every
 run starts fresh processes (start method forkserver) that meet at a barrier; the clock
@@ -105,6 +107,26 @@ def make_payload(name: str) -> Any:
 
         return np.arange(131072, dtype=np.float64)  # 1 MiB
     raise ValueError(name)
+
+
+def fresh_copy(obj: Any) -> Any:
+    """An equal object that shares nothing with ``obj`` but its dict keys, as the items
+    of a real batch would (keys are interned literals, values are made per item)."""
+    if type(obj) is dict:
+        return {k: fresh_copy(v) for k, v in obj.items()}
+    if type(obj) is str:
+        return "".join(list(obj))
+    if type(obj) is bytes:
+        return bytes(bytearray(obj))
+    if hasattr(obj, "copy"):  # numpy arrays
+        return obj.copy()
+    return obj  # ints, floats, bools: pickle writes them in full every time
+
+
+def batch_of(obj: Any, batch: int) -> list[Any]:
+    """``batch`` distinct copies of ``obj``: a batch of one object repeated would let a
+    transport that pickles a batch at once write it once (pickle's memo)."""
+    return [fresh_copy(obj) for _ in range(batch)]
 
 
 def payload_check(name: str) -> Callable[[Any], bool]:
@@ -218,7 +240,7 @@ class ConveyorBatch(Conveyor):
 
     def send_all(self, sender: Any, obj: Any, n: int, batch: int) -> None:
         put_many = sender.put_many
-        chunk = [obj] * batch
+        chunk = batch_of(obj, batch)
         for _ in range(n // batch):
             put_many(chunk)
         if n % batch:
@@ -311,7 +333,7 @@ class FasterFifoBatch(FasterFifo):
                     if time.monotonic() > deadline:
                         raise
 
-        chunk = [obj] * batch
+        chunk = batch_of(obj, batch)
         for _ in range(n // batch):
             put_many(chunk)
         if n % batch:

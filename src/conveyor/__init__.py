@@ -25,6 +25,7 @@ from ._errors import StageError as StageError
 from ._errors import WorkerCrashed as WorkerCrashed
 
 if TYPE_CHECKING:
+    from . import shared as shared
     from ._channels._base import Channel as Channel
     from ._channels._base import ChannelStats as ChannelStats
     from ._observe._stats import Failure as Failure
@@ -77,7 +78,13 @@ __all__ = [
 ]
 
 
+# submodules reached as attributes: ``cv.shared.Counter``
+_SUBMODULES = ("shared",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
@@ -87,4 +94,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -1,4 +1,4 @@
-"""A counter shared by ten processes, without shared state.
+"""A counter shared by ten processes: without shared state, then with it.
 
 Reproduces from the notes: 1.进程间通信 -- "a、用Manager". There, ten processes
 share ``Manager().dict({'num': 10})``; each one does the read-modify-write
@@ -11,6 +11,12 @@ process workers each *return* their change (-1) and the consumer, the main
 process iterating over the run, applies them to its own dict. Every value has
 exactly one writer, so no update can be lost, and the result is the notes' one:
 num goes from 10 to 0.
+
+The second half is the notes' version itself, with shared state: ten process
+workers share ``conveyor.shared.Dict({'num': 10})`` and each does the same
+read-modify-write, ``temp = dic['num']; sleep(0.1); return temp - 1``, through
+``dic.update('num', ...)``, which runs it holding the dict's lock. No lock is
+written by hand, no update is lost, and the main process prints ``{'num': 0}``.
 """
 
 import os
@@ -35,6 +41,20 @@ def task(_: int) -> tuple[int, int]:
     return os.getpid(), -1
 
 
+shared_dic = cv.shared.Dict({"num": 10})  # the notes' Manager().dict({'num': 10})
+
+
+def shared_task(_: int) -> int:
+    """The notes' task on shared state: the read-modify-write, atomic without a lock."""
+
+    def decrement(temp: int) -> int:
+        sleep(0.1)  # between the read and the write, as in the notes
+        return temp - 1
+
+    shared_dic.update("num", decrement)
+    return os.getpid()
+
+
 def main() -> None:
     dic = {"num": 10}  # owned by the main process: only it ever writes here
     print("before:", dic)
@@ -52,6 +72,16 @@ def main() -> None:
     outside = os.getpid() not in pids
     print(f"10 changes computed in worker processes, none in the main one: {outside}")
     print("after:", dic)  # {'num': 0}, as in the notes
+
+    print("shared, before:", shared_dic.to_dict())
+    pipeline = (
+        cv.Pipeline(name="shared-counter")
+        .source(range(10))
+        .map(shared_task, workers=10, kind="process")
+    )
+    pids = set(pipeline)
+    print(f"10 updates made in worker processes, none in the main one: {os.getpid() not in pids}")
+    print("shared, after:", shared_dic.to_dict())  # {'num': 0}
 
 
 if __name__ == "__main__":

@@ -263,3 +263,86 @@ def test_a_condition_over_a_lock_and_its_default_name() -> None:
     default = sync.Condition()
     assert default._lock.name.startswith("condition created at ")  # type: ignore[attr-defined]
     assert __file__ in default._lock.name  # type: ignore[attr-defined]
+
+
+def test_deadlock_policy_all_raises_in_every_thread_of_the_cycle(
+    make: Callable[[str], sync.Lock | sync.RLock],
+) -> None:
+    assert sync.deadlock_policy() == "one"
+    sync.deadlock_policy("all")
+    try:
+        errors = crossed(make, 3)
+    finally:
+        sync.deadlock_policy("one")
+    assert all(isinstance(e, conveyor.DeadlockError) for e in errors)
+    assert len({str(e) for e in errors}) == 1  # one cycle, told to each of its threads
+
+
+# -- Semaphore, BoundedSemaphore, Event: drop-in, and described while waited on -------
+
+
+@pytest.mark.parametrize("kind", ["Semaphore", "BoundedSemaphore"])
+def test_semaphores_behave_as_threading_s(kind: str) -> None:
+    ours, theirs = getattr(sync, kind)(2, name="s"), getattr(threading, kind)(2)
+    for sem in (ours, theirs):
+        assert sem.acquire()
+        assert sem.acquire(blocking=False)
+        assert not sem.acquire(blocking=False)
+        assert not sem.acquire(timeout=0.001)
+        sem.release()
+        with sem:
+            assert not sem.acquire(blocking=False)
+        sem.release()
+        if kind == "BoundedSemaphore":
+            with pytest.raises(ValueError, match="released too many times"):
+                sem.release()
+        else:
+            sem.release(2)
+            assert sem.acquire(blocking=False)
+
+
+def test_event_behaves_as_threading_s() -> None:
+    ev = sync.Event("go")
+    assert not ev.is_set()
+    assert not ev.wait(0.001)
+    w = Worker(lambda: ev.wait(JOIN) or (_ for _ in ()).throw(AssertionError("not set")), "w")
+    ev.set()
+    assert w.finish() is None
+    assert ev.wait()
+    assert ev.is_set()
+    ev.clear()
+    assert not ev.is_set()
+
+
+@pytest.mark.parametrize("kind", ["lock", "semaphore", "event", "condition"])
+def test_blocked_on_describes_what_a_thread_waits_for(kind: str) -> None:
+    lock = sync.Lock("the lock")
+    sem = sync.Semaphore(0, name="the semaphore")
+    ev = sync.Event("the event")
+    cond = sync.Condition(name="the condition")
+    lock.acquire()
+    wait: Callable[[], object] = {
+        "lock": lambda: lock.acquire() and lock.release(),  # type: ignore[func-returns-value]
+        "semaphore": sem.acquire,
+        "event": ev.wait,
+        "condition": lambda: cond.acquire() and cond.wait() and cond.release(),  # type: ignore[func-returns-value]
+    }[kind]
+    w = Worker(wait, "waiter")
+    wait_state(lambda: sync.blocked_on(w.ident or 0) is not None)
+    text = sync.blocked_on(w.ident or 0)
+    assert text is not None
+    expected = {
+        "lock": "the lock, held by MainThread (taken at ",
+        "semaphore": "the semaphore (none of its permits free)",
+        "event": "the event (not set)",
+        "condition": "condition the condition",
+    }[kind]
+    assert text.startswith(expected), text
+    lock.release()
+    sem.release()
+    ev.set()
+    with cond:
+        cond.notify()
+    assert w.finish() is None
+    assert sync.blocked_on(w.ident or 0) is None
+    assert sync.blocked_on(threading.get_ident()) is None

@@ -1,46 +1,81 @@
-"""Locks that explain deadlocks (``conveyor.sync``).
+"""The checked locks: ``Lock``, ``RLock``, ``Condition``, ``Semaphore``,
+``BoundedSemaphore`` and ``Event``, drop-in for ``threading``'s.
 
-``Lock`` and ``RLock`` are drop-in for ``threading.Lock`` and ``threading.RLock``,
-inside pipelines or anywhere. They always track their owner, and when an acquire has
-to wait, they look at the wait-for graph: thread T waits for lock L, which thread U
-holds, which waits for lock M, ... If that chain comes back to T, waiting would be for
-ever: the acquire raises :class:`conveyor.DeadlockError` instead, in the thread that
-closed the cycle, with the cycle spelled out (who holds what, taken where, and waits
-for what) and every involved thread's stack. The other threads of the cycle keep
-waiting; once the raising thread lets its locks go (its ``with`` blocks unwind), they
-go on.
+Every lock tracks its owner, and when an acquire has to wait, it looks at the
+wait-for graph: thread T waits for lock L, which thread U holds, which waits for lock
+M, ... If that chain comes back to T, waiting would be for ever: the acquire raises
+:class:`conveyor.DeadlockError` instead, in the thread that closed the cycle, with
+the cycle spelled out (who holds what, taken where, and waits for what) and every
+involved thread's stack. By default the other threads of the cycle keep waiting and
+go on once the raising thread's ``with`` blocks let its locks go;
+``deadlock_policy("all")`` raises in every thread of the cycle.
 
-Cheap when nobody waits: an uncontended acquire is the plain lock's plus one
-attribute write. Only a blocking acquire without a timeout takes part in the graph:
-a non-blocking or timed acquire cannot wait for ever. A waiter looks at the graph
-again every ``RECHECK_S`` seconds, which catches a cycle whose last edge appeared
-while an owner was being recorded.
+Cheap when nobody waits: an uncontended acquire is the plain lock's plus the owner
+and the place it was taken. Only a blocking acquire without a timeout takes part in
+the graph: a non-blocking or timed acquire cannot wait for ever. A waiter looks at the
+graph again every ``RECHECK_S`` seconds, which catches a cycle whose last edge
+appeared while an owner was being recorded.
+
+Semaphores and events have no owner, so they are not part of the graph; a thread
+waiting on one is still described by :func:`blocked_on`. Lock-order checking (the
+opt-in mode of ``_order``) sees every acquire through ``_order.hooks``.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import sys
 import threading
 import traceback
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .._errors import DeadlockError
+from . import _order
 
 if TYPE_CHECKING:
-    from types import CodeType, FrameType, TracebackType
+    from types import FrameType, TracebackType
 
-__all__ = ["Condition", "Lock", "RLock", "blocked_on"]
+__all__ = [
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "Lock",
+    "RLock",
+    "Semaphore",
+    "blocked_on",
+    "deadlock_policy",
+]
 
 RECHECK_S = 0.05
 
-_graph = threading.Lock()  # guards _waiting and the cycle check
+_graph = threading.Lock()  # guards _waiting, _other and _doomed, and the cycle check
 _waiting: dict[int, _Tracked] = {}  # thread ident -> the lock it waits for (untimed)
+_other: dict[int, str] = {}  # thread ident -> the semaphore, event or condition it waits on
+_doomed: dict[int, DeadlockError] = {}  # thread ident -> the error of the cycle it is in
+_policy: list[str] = ["one"]
+_serials = itertools.count(1)
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _site(depth: int) -> str:
-    """``file:line`` of the caller ``depth`` frames up."""
-    frame: FrameType | None = sys._getframe(depth)
-    return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
+def deadlock_policy(policy: Literal["one", "all"] | None = None) -> str:
+    """Who gets :class:`DeadlockError` when waiting would close a cycle: ``"one"``
+    (the default: the thread that closed it; the others wait on and go on once it
+    lets its locks go) or ``"all"`` (every thread of the cycle). Returns the policy
+    in force; with an argument, sets it first."""
+    if policy is not None:
+        if policy not in ("one", "all"):
+            raise ValueError(f"deadlock_policy must be 'one' or 'all', not {policy!r}")
+        _policy[0] = policy
+    return _policy[0]
+
+
+def created_at() -> str:
+    """``file:line`` of the first caller outside this package: where a lock is made."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and os.path.dirname(frame.f_code.co_filename) == _HERE:
+        frame = frame.f_back
+    return "?" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
 def _thread_name(ident: int) -> str:
@@ -53,63 +88,107 @@ def _thread_name(ident: int) -> str:
 class _Tracked:
     """What both locks share: the name, the owner, and waiting with the graph."""
 
-    __slots__ = ("_lock", "_taken", "name", "owner")
+    __slots__ = ("__weakref__", "_created", "_lock", "_name", "_taken", "owner", "serial")
 
-    def __init__(self, name: str | None, depth: int = 3) -> None:
+    def __init__(self, name: str | None) -> None:
         self._lock = threading.Lock()
-        self.name = name or f"lock created at {_site(depth)}"
+        self._name = name
+        self._created = created_at()
+        self.serial = next(_serials)  # never reused: identifies this lock in reports
         self.owner: int | None = None
-        self._taken: tuple[CodeType, int] | None = None  # where the owner took it
+        self._taken: tuple[str, int] | None = None  # where the owner took it
+
+    @property
+    def name(self) -> str:
+        """The name given, or where the lock was made."""
+        return self._name or f"{self._kind} created at {self._created}"
+
+    _kind = "lock"
+
+    @property
+    def key(self) -> str:
+        """The lock's class for lock-order checking: its name, or where it was made."""
+        return self._name or self._created
 
     @property
     def taken_at(self) -> str:
         taken = self._taken
-        return "?" if taken is None else f"{taken[0].co_filename}:{taken[1]}"
+        return "?" if taken is None else f"{taken[0]}:{taken[1]}"
+
+    def _took(self, me: int) -> None:
+        self.owner = me
+        frame = sys._getframe(2)  # the caller of acquire()
+        self._taken = (frame.f_code.co_filename, frame.f_lineno)
 
     def _wait(self, me: int) -> None:
         """Block until the underlying lock is ours (no timeout): raise DeadlockError
         if waiting would close a cycle of waiting threads."""
         with _graph:
             _waiting[me] = self
-            cycle = self._check(me)
+            message = self._check(me)
         try:
-            while cycle is None:
-                if self._lock.acquire(True, RECHECK_S):
-                    return
+            while message is None:
+                got = self._lock.acquire(True, RECHECK_S)
                 with _graph:
-                    cycle = self._check(me)
+                    message = _doomed.pop(me, None)
+                    if got and message is None:
+                        return
+                    if got:  # part of a cycle already reported: policy "all"
+                        self._lock.release()
+                    else:
+                        message = self._check(me)
         finally:
             with _graph:
                 _waiting.pop(me, None)
-        raise DeadlockError(_describe(cycle), cycle_threads=[t for t, _ in cycle])
+        raise message
 
-    @staticmethod
-    def _check(me: int) -> list[tuple[int, _Tracked]] | None:
-        """The cycle through ``me``, if any; then ``me`` leaves the graph at once, so
-        that no other thread of the cycle reports it too (graph lock held)."""
+    def _check(self, me: int) -> DeadlockError | None:
+        """The error for the cycle through ``me``, if any; then ``me`` leaves the graph
+        at once, so that no other thread of the cycle reports it too, or, by the "all"
+        policy, every other thread of it is told (graph lock held)."""
         cycle = _cycle_from(me)
-        if cycle is not None:
-            del _waiting[me]
-        return cycle
+        if cycle is None:
+            return None
+        del _waiting[me]
+        message = _describe(cycle)
+        threads = [t for t, _ in cycle]
+        if _policy[0] == "all":
+            for t in threads[1:]:
+                _doomed[t] = DeadlockError(message, cycle_threads=threads)
+        if _order.on:
+            _order.deadlock(message)
+        return DeadlockError(message, cycle_threads=threads)
 
-    def _took(self, me: int) -> None:
-        self.owner = me
-        frame = sys._getframe(2)  # the caller of acquire()
-        self._taken = (frame.f_code, frame.f_lineno)
+    def _at_fork_reinit(self) -> None:
+        """After a fork, in the child: the lock is free (``threading``'s protocol, used
+        by logging and concurrent.futures)."""
+        self._lock = threading.Lock()
+        self.owner = None
 
     def __repr__(self) -> str:
         owner = "unlocked" if self.owner is None else f"held by {_thread_name(self.owner)}"
         return f"<conveyor.sync.{type(self).__name__} {self.name!r} {owner}>"
 
 
+def _retaken(lock: _Tracked) -> None:
+    """After ``Condition.wait()`` took the lock back: taken where the caller waited,
+    not inside ``threading``."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename in (__file__, threading.__file__):
+        frame = frame.f_back
+    if frame is not None:
+        lock._taken = (frame.f_code.co_filename, frame.f_lineno)
+
+
 def blocked_on(thread: int) -> str | None:
-    """What the thread with ident ``thread`` waits for without a timeout, described
-    ("lock a, held by T2 (taken at app.py:20)"), or None when it waits for no
-    ``conveyor.sync`` lock. For reports of a stalled program."""
+    """What the thread with ident ``thread`` waits for, described ("lock a, held by
+    T2 (taken at app.py:20)", "semaphore s (0 of 3 free)"), or None when it waits on
+    nothing of ``conveyor.sync``. For reports of a stalled program."""
     with _graph:
         lock = _waiting.get(thread)
+        other = _other.get(thread)
     if lock is None:
-        return None
+        return other
     owner = lock.owner
     held = "free" if owner is None else f"held by {_thread_name(owner)} (taken at {lock.taken_at})"
     return f"{lock.name}, {held}"
@@ -169,6 +248,8 @@ class Lock(_Tracked):
         me = threading.get_ident()
         if self._lock.acquire(False):
             self._took(me)
+            if _order.on:
+                _order.acquired(self, me, blocking and timeout < 0)
             return True
         if not blocking:
             return False
@@ -178,13 +259,18 @@ class Lock(_Tracked):
         else:
             self._wait(me)
         self._took(me)
+        if _order.on:
+            _order.acquired(self, me, timeout < 0)
         return True
 
     __enter__ = acquire
 
     def release(self) -> None:
+        owner = self.owner
         self.owner = None
         self._lock.release()
+        if _order.on and owner is not None:
+            _order.released(self, owner)
 
     def __exit__(
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
@@ -204,6 +290,7 @@ class Lock(_Tracked):
 
     def _acquire_restore(self, state: None) -> None:
         self.acquire()
+        _retaken(self)
 
 
 class RLock(_Tracked):
@@ -211,6 +298,8 @@ class RLock(_Tracked):
     waiting for ever. Re-entry by its owner never waits."""
 
     __slots__ = ("_count",)
+
+    _kind = "rlock"
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name)
@@ -232,17 +321,26 @@ class RLock(_Tracked):
             self._wait(me)
         self._took(me)
         self._count = 1
+        if _order.on:
+            _order.acquired(self, me, blocking and timeout < 0)
         return True
 
     __enter__ = acquire
 
     def release(self) -> None:
-        if self.owner != threading.get_ident():
+        me = threading.get_ident()
+        if self.owner != me:
             raise RuntimeError("cannot release un-acquired lock")
         self._count -= 1
         if self._count == 0:
             self.owner = None
             self._lock.release()
+            if _order.on:
+                _order.released(self, me)
+
+    def _at_fork_reinit(self) -> None:
+        super()._at_fork_reinit()
+        self._count = 0
 
     # -- for threading.Condition: wait() lets go of every level, then takes them back
 
@@ -250,16 +348,20 @@ class RLock(_Tracked):
         return self.owner == threading.get_ident()
 
     def _release_save(self) -> int:
-        if self.owner != threading.get_ident():
+        me = threading.get_ident()
+        if self.owner != me:
             raise RuntimeError("cannot wait on un-acquired lock")
         count, self._count = self._count, 0
         self.owner = None
         self._lock.release()
+        if _order.on:
+            _order.released(self, me)
         return count
 
     def _acquire_restore(self, count: int) -> None:
         self.acquire()
         self._count = count
+        _retaken(self)
 
     def __exit__(
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
@@ -267,12 +369,93 @@ class RLock(_Tracked):
         self.release()
 
 
+class _Waits:
+    """Record, for :func:`blocked_on`, that this thread waits on ``what``."""
+
+    __slots__ = ("me", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        self.me = threading.get_ident()
+        with _graph:
+            _other[self.me] = self.what
+
+    def __exit__(self, *exc: object) -> None:
+        with _graph:
+            _other.pop(self.me, None)
+
+
 class Condition(threading.Condition):
     """``threading.Condition`` over a ``conveyor.sync`` lock (a new ``RLock`` by
     default): ``wait()`` lets the lock go while it waits, so a waiter holds nothing
-    in the wait-for graph, and taking the lock back is checked like any acquire."""
+    in the wait-for graph, and taking the lock back is checked like any acquire.
+    With lock-order checking on, waiting while holding another lock is reported: a
+    thread that needs that lock before it notifies would wait for ever."""
 
     def __init__(self, lock: Lock | RLock | None = None, name: str | None = None) -> None:
         if lock is None:
-            lock = RLock(name or f"condition created at {_site(2)}")
+            lock = RLock(name or f"condition created at {created_at()}")
+        self._tracked = lock
         super().__init__(cast("Any", lock))  # typeshed knows only threading's locks
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if _order.on:
+            _order.waits(self._tracked, "condition", timeout)
+        with _Waits(f"condition {self._tracked.name}"):
+            return super().wait(timeout)
+
+
+class Semaphore(threading.Semaphore):
+    """``threading.Semaphore`` whose waiters are described by :func:`blocked_on`;
+    with lock-order checking on, waiting on it while holding a lock is reported."""
+
+    def __init__(self, value: int = 1, name: str | None = None) -> None:
+        super().__init__(value)
+        self.name = name or f"{type(self).__name__.lower()} created at {created_at()}"
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        if super().acquire(False):
+            return True
+        if not blocking:
+            return False
+        if _order.on:
+            _order.waits(self, "semaphore", timeout)
+        with _Waits(f"{self.name} (none of its permits free)"):
+            return super().acquire(True, timeout)
+
+    __enter__ = acquire
+
+
+class BoundedSemaphore(Semaphore):
+    """``threading.BoundedSemaphore`` (``release()`` past the initial value raises
+    ValueError), described like :class:`Semaphore`."""
+
+    def __init__(self, value: int = 1, name: str | None = None) -> None:
+        super().__init__(value, name or f"boundedsemaphore created at {created_at()}")
+        self._initial_value = value
+
+    def release(self, n: int = 1) -> None:
+        with self._cond:  # type: ignore[attr-defined]
+            if self._value + n > self._initial_value:
+                raise ValueError("Semaphore released too many times")
+            self._value += n
+            self._cond.notify(n)  # type: ignore[attr-defined]
+
+
+class Event(threading.Event):
+    """``threading.Event`` whose waiters are described by :func:`blocked_on`; with
+    lock-order checking on, waiting on it while holding a lock is reported."""
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__()
+        self.name = name or f"event created at {created_at()}"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.is_set():
+            return True
+        if _order.on:
+            _order.waits(self, "event", timeout)
+        with _Waits(f"{self.name} (not set)"):
+            return super().wait(timeout)

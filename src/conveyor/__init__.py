@@ -22,6 +22,8 @@ from ._errors import KindWarning as KindWarning
 from ._errors import PipelineError as PipelineError
 from ._errors import RemoteError as RemoteError
 from ._errors import StageError as StageError
+from ._errors import Stalled as Stalled
+from ._errors import StallWarning as StallWarning
 from ._errors import WorkerCrashed as WorkerCrashed
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from ._observe._stats import Failure as Failure
     from ._observe._stats import RunStats as RunStats
     from ._observe._stats import StageStats as StageStats
+    from ._observe._stats import StalledWorker as StalledWorker
     from ._observe._stats import WorkerStatus as WorkerStatus
     from ._pipeline import Pipeline as Pipeline
     from ._pipeline import SupportsProcess as SupportsProcess
@@ -48,6 +51,7 @@ _LAZY = {
     "Run": "._run",
     "RunStats": "._observe._stats",
     "StageStats": "._observe._stats",
+    "StalledWorker": "._observe._stats",
     "SupportsProcess": "._pipeline",
     "WorkerInfo": "._workers._context",
     "WorkerStatus": "._observe._stats",
@@ -70,6 +74,9 @@ __all__ = [
     "RunStats",
     "StageError",
     "StageStats",
+    "StallWarning",
+    "Stalled",
+    "StalledWorker",
     "SupportsProcess",
     "WorkerCrashed",
     "WorkerInfo",

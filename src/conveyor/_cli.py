@@ -3,6 +3,7 @@
 Commands::
 
     conveyor run MODULE:ATTR [--progress/--no-progress] [--print] [--grace SECONDS]
+                             [--stall-timeout SECONDS]
     conveyor demo [--files N] [--size-kb K] [--workers W] [--keep] [--dir PATH]
     conveyor gil [--workers N] [--quick] [--json]
     conveyor --version
@@ -18,7 +19,7 @@ Exit codes are decided in one place, :meth:`_Group.invoke`, the way click's own
 exceptions carry theirs (``UsageError.exit_code == 2``)::
 
     0    the run finished
-    1    the run failed: PipelineError (StageError, WorkerCrashed, Cancelled)
+    1    the run failed: PipelineError (StageError, WorkerCrashed, Stalled, Cancelled)
     2    usage: a bad MODULE:ATTR, a module that cannot be imported, not a Pipeline
     130  Ctrl-C (SIGINT)
     143  SIGTERM (the library turns it into SystemExit(143) while a run is active)
@@ -45,7 +46,7 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from . import __version__, _demo, _gilbench
-from ._errors import Cancelled, PipelineError, StageError
+from ._errors import Cancelled, PipelineError, StageError, Stalled
 from ._pipeline import Pipeline
 
 if TYPE_CHECKING:
@@ -65,7 +66,10 @@ class RunFailed(click.ClickException):
     exit_code = 1
 
     def __init__(self, error: PipelineError) -> None:
-        super().__init__(str(error))
+        message = str(error)
+        if isinstance(error, Stalled):  # the whole report went to stderr when seen
+            message = message.splitlines()[0] + " (the report is above)"
+        super().__init__(message)
         self.error = error
 
     def show(self, file: IO[Any] | None = None) -> None:
@@ -256,6 +260,7 @@ def execute(
     grace: float,
     echo_outputs: bool = False,
     on_output: Callable[[Any], object] | None = None,
+    stall_timeout: float | None = None,
 ) -> Run[Any]:
     """Run ``pipeline`` to its end; the stats table goes to stderr however it ends.
 
@@ -270,7 +275,7 @@ def execute(
     from ._observe._progress import start_progress
 
     try:
-        run = pipeline.run(grace=grace)
+        run = pipeline.run(grace=grace, stall_timeout=stall_timeout)
     except (TypeError, ValueError) as exc:
         raise BadTarget(f"the pipeline cannot start: {exc}") from None
     reporter = None
@@ -328,13 +333,29 @@ def main() -> None:
     metavar="SECONDS",
     help="How long a stopping run lets workers finish their current item.",
 )
-def run_command(target: str, progress: bool, echo_outputs: bool, grace: float) -> None:
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Stop the run with a report of every worker and its stack when nothing "
+    "moves for this long while items are pending (default: off).",
+)
+def run_command(
+    target: str, progress: bool, echo_outputs: bool, grace: float, stall_timeout: float | None
+) -> None:
     """Run the pipeline MODULE:ATTR (a Pipeline, or a function returning one).
 
     MODULE is imported as `python -m` would, from the current directory first.
     """
     pipeline = load_pipeline(target)
-    execute(pipeline, progress=progress, grace=grace, echo_outputs=echo_outputs)
+    execute(
+        pipeline,
+        progress=progress,
+        grace=grace,
+        echo_outputs=echo_outputs,
+        stall_timeout=stall_timeout,
+    )
 
 
 @main.command("demo")

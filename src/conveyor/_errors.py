@@ -8,9 +8,14 @@ Our exception hierarchy::
     │   ├── WorkerCrashed        an item's deliveries killed its worker process too often
     │   ├── ItemTimeout          an item ran longer than its stage's timeout (also a
     │   │                        TimeoutError)
+    │   ├── Stalled              no stage made progress for stall_timeout while items
+    │   │                        were pending (the report: every worker and its stack)
     │   └── Cancelled            the run was cancelled (run.cancel(), Ctrl-C, SIGTERM)
     └── Closed                   a channel was closed: no put after close(), no get
                                  once it is closed and drained
+
+Warnings: ``KindWarning`` (kind="auto" could not run a stage where it measured best)
+and ``StallWarning`` (a stall, with ``on_stall="warn"``).
 
 Invalid settings are reported before anything starts, as ``ValueError`` (a number
 out of range) or ``TypeError`` (something of the wrong kind, such as a function that
@@ -20,6 +25,10 @@ cannot be sent to a process); each message says what to change.
 from __future__ import annotations
 
 import reprlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "Cancelled",
@@ -30,6 +39,8 @@ __all__ = [
     "PipelineError",
     "RemoteError",
     "StageError",
+    "StallWarning",
+    "Stalled",
     "WorkerCrashed",
     "item_repr",
 ]
@@ -138,6 +149,41 @@ class ItemTimeout(PipelineError, TimeoutError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.stage, self.worker, self.item, self.timeout))
+
+
+class Stalled(PipelineError):
+    """No stage made progress for ``stall_timeout`` seconds while items were pending
+    (``run(stall_timeout=...)``), and the run was stopped.
+
+    The message is the report: every worker's state, current item, what it waits for
+    and its stack. ``workers`` holds the same as :class:`conveyor.StalledWorker`
+    records; ``stall_timeout`` is the setting that was exceeded.
+    """
+
+    def __init__(
+        self, message: str, workers: Sequence[Any] = (), stall_timeout: float = 0.0
+    ) -> None:
+        super().__init__(message)
+        self.workers = tuple(workers)
+        self.stall_timeout = stall_timeout
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.workers, self.stall_timeout))
+
+
+class StallWarning(RuntimeWarning):
+    """A stall, with ``run(on_stall="warn")``: emitted once per stall episode, and the
+    run goes on. The message is the report; ``workers`` as :class:`Stalled`'s."""
+
+    def __init__(
+        self, message: str, workers: Sequence[Any] = (), stall_timeout: float = 0.0
+    ) -> None:
+        super().__init__(message)
+        self.workers = tuple(workers)
+        self.stall_timeout = stall_timeout
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.workers, self.stall_timeout))
 
 
 def describe_exit(exitcode: int | None) -> str:

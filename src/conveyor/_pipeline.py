@@ -459,25 +459,50 @@ class Pipeline(Generic[T]):
 
     # -- running ----------------------------------------------------------------
 
-    def run(self, *, progress: bool = False, grace: float = 2.0) -> Run[T]:
+    def run(
+        self,
+        *,
+        progress: bool = False,
+        grace: float = 2.0,
+        stall_timeout: float | None = None,
+        on_stall: str = "raise",
+    ) -> Run[T]:
         """Start the pipeline and return its :class:`Run`.
 
         ``progress=True`` shows live per-stage progress on stderr. ``grace`` is how
         long a stopping run (error, cancel, Ctrl-C) waits for workers to finish
         their current item before worker processes are killed and threads still in
         user code are abandoned.
+
+        ``stall_timeout=`` seconds turns the stall watchdog on (off by default): when
+        nothing moves for that long while items are pending (no stage takes or
+        finishes an item, the source yields nothing, nobody takes an output), a
+        report of every worker (state, item, what it waits for, stack) goes to
+        stderr and the run stops with :class:`Stalled` (``on_stall="raise"``), or a
+        :class:`StallWarning` carries the report and the run goes on
+        (``on_stall="warn"``). A single item longer than ``stall_timeout`` on the
+        only busy worker counts as a stall: give long items a larger one.
         """
         from ._engine._local import LocalRun
+        from ._engine._stall import check_stall_options
         from ._run import Run
 
         if not self._stages and self._source is None:
             raise ValueError("an empty pipeline: add a source, then stages")
         if not isinstance(grace, (int, float)) or grace < 0:
             raise ValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
+        stall = check_stall_options(stall_timeout, on_stall)
         stages = self._stages
         if not stages:  # a bare source: pass its items through
             stages = (StageSpec("items", "map", _identity, 1, "thread", None, True),)
-        engine_run = LocalRun(self._name, self._source, stages, grace=float(grace))
+        engine_run = LocalRun(
+            self._name,
+            self._source,
+            stages,
+            grace=float(grace),
+            stall_timeout=stall,
+            on_stall=str(on_stall),
+        )
         reporter = None
         if progress:
             from ._observe._progress import start_progress

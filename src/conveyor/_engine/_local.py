@@ -13,6 +13,10 @@ workers ``grace`` seconds to finish their current item, then kills worker
 processes and abandons threads still running user code). Either way it releases
 the run's resources and sets ``done``; ``done`` means every worker has ended or
 been given up on.
+
+Watchdogs, each a thread of its own and only when asked for: the timeout watchdog
+(stages with ``timeout=``) and the stall watchdog (``stall_timeout=``, see
+``_stall``).
 """
 
 from __future__ import annotations
@@ -158,9 +162,13 @@ class LocalRun:
         stages: Sequence[StageSpec],
         *,
         grace: float = 2.0,
+        stall_timeout: float | None = None,
+        on_stall: str = "raise",
     ) -> None:
         self.name = name
         self.grace = grace
+        self.stall_timeout = stall_timeout
+        self.on_stall = on_stall
         self.control = RunControl()
         self.done = threading.Event()
         self.started_at = time.monotonic()
@@ -280,6 +288,10 @@ class LocalRun:
                 name=f"conveyor-{self.name}-watchdog",
                 daemon=True,
             ).start()
+        if self.stall_timeout is not None:
+            from ._stall import StallWatch
+
+            StallWatch(self, self.stall_timeout, self.on_stall).start()
 
     def _adopt(self, handle: WorkerHandle) -> None:
         """A worker started while the run goes on (it replaces an abandoned one)."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["Failure", "RunStats", "StageStats", "WorkerStatus"]
+__all__ = ["Failure", "RunStats", "StageStats", "StalledWorker", "WorkerStatus"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,32 @@ class WorkerStatus:
     """A thread still running user code after the run stopped without it."""
     decision: str = ""
     """Why the worker runs on its kind, when conveyor chose it (see StageStats.decision)."""
+
+
+@dataclass(frozen=True)
+class StalledWorker:
+    """One worker in a stall report (``Stalled.workers``, ``StallWarning.workers``)."""
+
+    name: str
+    stage: str
+    kind: str
+    pid: int | None
+    thread_id: int | None
+    """Native thread id; for a process worker, its pid."""
+    state: str
+    """As in :class:`WorkerStatus`: idle, busy, blocked, starting, stopping, ..."""
+    state_seconds: float
+    """How long it had been in that state."""
+    item: str | None
+    """The item it was on (its repr, cut), or a description of its batch; None if it
+    held none."""
+    waiting_for: str
+    """What it waits for, when conveyor can tell: a channel (whose input or output,
+    full or empty), the reorder window, or a ``conveyor.sync`` lock and its holder;
+    "" otherwise (a plain ``threading`` lock, a socket: see ``stack``)."""
+    stack: str
+    """Its Python stack, most recent call last (from a worker process too), without
+    conveyor's own frames before the stage's code."""
 
 
 @dataclass(frozen=True)

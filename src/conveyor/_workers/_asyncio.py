@@ -74,6 +74,7 @@ from ._apply import (
 )
 from ._base import StageFeed, Stopping, WorkerHandle, WorkerKind, WorkerSlot
 from ._context import WorkerInfo, set_current_worker
+from ._stacks import coroutine_frames, format_frames, thread_frames, trim
 from ._thread import ThreadKind
 
 if TYPE_CHECKING:
@@ -519,6 +520,7 @@ class AsyncioWorker(WorkerHandle):
         self.task: asyncio.Task[None] | None = None
         self.cancellable = False  # a stop cancels the worker (not in setup or teardown)
         self.ended = threading.Event()
+        self.batch: list[Any] | None = None  # the batch it is on (for stall reports)
 
     # -- the engine's side --------------------------------------------------------
 
@@ -551,6 +553,24 @@ class AsyncioWorker(WorkerHandle):
     def _cancel(self) -> None:
         if self.task is not None:
             self.task.cancel()
+
+    def thread_ident(self) -> int | None:
+        return self.stage.thread.ident
+
+    def holding(self) -> tuple[list[Any], int] | None:
+        batch = self.batch
+        if batch is None or self.slot.state != "busy":
+            return None
+        return batch, -1
+
+    def stack(self, deadline: float) -> str:
+        """Where the worker's task waits (its chain of awaits); while its coroutine runs,
+        the loop thread's stack (code that blocks the loop)."""
+        task = self.task
+        coro: Any = task.get_coro() if task is not None else None
+        if coro is not None and not getattr(coro, "cr_running", False):
+            return format_frames(trim(coroutine_frames(coro)))
+        return format_frames(trim(thread_frames(self.stage.thread.ident)))
 
     # -- the task -----------------------------------------------------------------
 
@@ -619,6 +639,7 @@ class AsyncioWorker(WorkerHandle):
         while got is not None and not stop[0]:
             seq, items = got
             slot.set_state("busy")
+            self.batch = items
             results = await self._apply(stage, seq, items)
             if results is None or stop[0]:
                 return

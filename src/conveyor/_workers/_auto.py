@@ -36,7 +36,7 @@ from ._base import StageFeed, ThreadHandle, WorkerHandle, WorkerKind, WorkerSlot
 from ._thread import ThreadKind, ThreadWorker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
 __all__ = ["AutoKind"]
 
@@ -324,6 +324,27 @@ class AutoWorker(ThreadHandle):
             super().kill()
         else:
             inner.kill()
+
+    def ask_stack(self) -> None:
+        inner = self.inner
+        if inner is not None and not isinstance(inner, ThreadWorker):
+            inner.ask_stack()
+
+    def stack(self, deadline: float) -> str:
+        inner = self.inner
+        if inner is not None and not isinstance(inner, ThreadWorker):
+            return inner.stack(deadline)
+        return super().stack(deadline)  # the stage runs in this thread
+
+    def thread_ident(self) -> int | None:
+        inner = self.inner
+        if inner is not None and not isinstance(inner, ThreadWorker):
+            return inner.thread_ident()
+        return super().thread_ident()
+
+    def holding(self) -> tuple[Sequence[Any], int] | None:
+        inner = self.inner
+        return inner.holding() if inner is not None else None
 
     def check_timeout(self, now: float, timeout: float) -> None:
         inner = self.inner

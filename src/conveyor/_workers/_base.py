@@ -17,9 +17,10 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ._apply import Abort
+from ._stacks import format_frames, thread_frames, trim
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from .._stage import StagePolicy, StageSpec
 
@@ -139,6 +140,27 @@ class WorkerHandle(ABC):
         """Called by the run's watchdog when the stage has a timeout: act on an item
         that has run for longer than ``timeout`` seconds."""
 
+    # -- for the stall watchdog's report (see ``_engine._stall``) -----------------
+
+    def ask_stack(self) -> None:  # noqa: B027 (optional)
+        """Start taking the worker's stack, for :meth:`stack` to read (a worker process
+        dumps its own on a signal: the watchdog asks every worker first, then reads)."""
+
+    def stack(self, deadline: float) -> str:
+        """The worker's stack, as a traceback's lines ("" when it cannot be known);
+        waits at most until ``deadline`` (``time.monotonic()``)."""
+        return ""
+
+    def thread_ident(self) -> int | None:
+        """``threading`` ident of the thread of this process that runs the stage's code
+        (None for a worker process), for ``conveyor.sync.blocked_on``."""
+        return None
+
+    def holding(self) -> tuple[Sequence[Any], int] | None:
+        """The batch the worker is processing and the index in it of the current item
+        (-1 when not tracked), or None when it holds no batch."""
+        return None
+
 
 class ThreadHandle(WorkerHandle):
     """A worker driven by one thread of this process (``self.thread``): a thread
@@ -160,6 +182,12 @@ class ThreadHandle(WorkerHandle):
     def kill(self) -> None:
         if self.thread.is_alive():
             self.slot.abandoned = True
+
+    def thread_ident(self) -> int | None:
+        return self.thread.ident
+
+    def stack(self, deadline: float) -> str:
+        return format_frames(trim(thread_frames(self.thread.ident)))
 
 
 class WorkerKind(ABC):

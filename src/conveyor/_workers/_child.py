@@ -79,9 +79,19 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _dump_stacks_on_signal(fd: int) -> None:
+    """Write every thread's stack into ``fd`` on STACK_SIGNAL (the engine's stall
+    watchdog reads it). The fd stays open for the life of the process."""
+    import faulthandler
+
+    faulthandler.register(P.STACK_SIGNAL, file=fd, all_threads=True, chain=False)
+
+
 def main(fds: list[int], parent: int) -> int:
     _die_with_parent(parent)
-    data_fd, ctrl_fd = fds
+    data_fd, ctrl_fd, *more = fds
+    if more:
+        _dump_stacks_on_signal(more[0])
     conn = Wire.from_fd(data_fd)
     ctrl = mmap.mmap(ctrl_fd, CTRL_SIZE)
     os.close(ctrl_fd)

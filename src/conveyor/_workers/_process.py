@@ -44,6 +44,7 @@ from . import _protocol as P
 from ._apply import describe_exception
 from ._base import StageFeed, Stopping, ThreadHandle, WorkerHandle, WorkerKind, WorkerSlot
 from ._serialize import dumps_items, first_unpicklable, loads
+from ._stacks import by_value_file, format_frames, parse_faulthandler, trim
 from ._wire import Wire
 from ._zygote import Zygote, ZygoteGone
 
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 __all__ = ["ProcessKind", "backend_class"]
 
 STOP_GRACE = 30.0  # how long the collector waits for a worker to exit after STOP
+STACK_POLL_S = 0.005  # a stack dump is complete once its size is the same
+STACK_SETTLE = 3  # this many polls in a row
 ISOLATED = P.NO_SEQ - 1  # the seq of a batch of one item delivered in isolation
 
 
@@ -99,6 +102,11 @@ class ProcessWorker(ThreadHandle):
         self._deferred: deque[_Batch] = deque()  # batches to run again item by item
         self._timeout_hit: tuple[int, float] | None = None
         self._exits: dict[int, int | None] = {}
+        # where the worker process writes its stack on STACK_SIGNAL (one file for
+        # every process of this worker); _stack_lock guards it and _stack_asked
+        self._stack_fd: int | None = None
+        self._stack_lock = threading.Lock()
+        self._stack_asked = False
 
     # -- the collector: the worker's main thread in the engine ------------------
 
@@ -131,8 +139,12 @@ class ProcessWorker(ThreadHandle):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.zygote = Zygote.get()
         self.kind.reset_progress(self.ctrl_slot)
+        with self._stack_lock:
+            if self._stack_fd is None:
+                self._stack_fd = os.memfd_create("conveyor-stack", os.MFD_CLOEXEC)
+            stack_fd = self._stack_fd
         try:
-            req = self.zygote.request_spawn([theirs.fileno(), self.kind.ctrl_fd()])
+            req = self.zygote.request_spawn([theirs.fileno(), self.kind.ctrl_fd(), stack_fd])
         finally:
             theirs.close()
         spec = feed.spec
@@ -548,6 +560,10 @@ class ProcessWorker(ThreadHandle):
             self._exit_code(self.pid, timeout=STOP_GRACE)
         if self.conn is not None:
             self.conn.close()
+        with self._stack_lock:
+            if self._stack_fd is not None:
+                os.close(self._stack_fd)
+                self._stack_fd = None
         if self._feeder is not None:
             self._feeder.join(STOP_GRACE)
 
@@ -555,6 +571,60 @@ class ProcessWorker(ThreadHandle):
         pid, zygote = self.pid, self.zygote
         if pid is not None and zygote is not None and pid not in self._exits:
             zygote.kill(pid)
+
+    # -- for the stall watchdog -----------------------------------------------------
+
+    def thread_ident(self) -> int | None:
+        return None  # the stage's code runs in the worker process
+
+    def holding(self) -> tuple[list[Any], int] | None:
+        with self._cond:
+            batch = self.inflight[0] if self.inflight else None
+        if batch is None:
+            return None
+        index, started = self.kind.read_progress(self.ctrl_slot)  # only with a timeout
+        return batch.items, (index if started else -1)
+
+    def ask_stack(self) -> None:
+        """Have the worker process dump its threads' stacks into the stack file (see
+        ``_child``): the zygote sends it STACK_SIGNAL, unless it has exited."""
+        pid, zygote = self.pid, self.zygote
+        with self._stack_lock:
+            self._stack_asked = False
+            fd = self._stack_fd
+            if pid is None or zygote is None or fd is None or pid in self._exits:
+                return
+            # the worker's fd shares this file offset: its dump starts at 0
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            zygote.signal(pid, P.STACK_SIGNAL)
+            self._stack_asked = True
+
+    def stack(self, deadline: float) -> str:
+        """The dump asked for by :meth:`ask_stack`, once its size stops growing (the
+        handler writes it at once; a worker that is not scheduled may take longer)."""
+        with self._stack_lock:
+            fd = self._stack_fd
+            if not self._stack_asked or fd is None:
+                return ""
+            last, still = -1, 0
+            while True:
+                size = os.fstat(fd).st_size
+                still = still + 1 if size and size == last else 0
+                if still >= STACK_SETTLE or time.monotonic() >= deadline:
+                    break
+                last = size
+                time.sleep(STACK_POLL_S)
+            text = os.pread(fd, size, 0).decode("utf-8", "replace")
+        threads = parse_faulthandler(text, by_value_file())
+        if not threads:
+            return f"  (no stack: worker process {self.pid} did not answer)\n"
+        if len(threads) == 1:
+            return format_frames(trim(threads[0][1]))
+        return "".join(
+            f"  {head or 'thread'} of process {self.pid}:\n" + format_frames(trim(frames), "    ")
+            for head, frames in threads
+        )
 
 
 class ProcessKind(WorkerKind):

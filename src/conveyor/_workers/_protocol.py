@@ -25,9 +25,14 @@ worker → engine::
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._serialize import dumps_items, loads
+
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal  # the signal module without its enum classes
 
 INIT, BATCH, ACK, STOP = 1, 2, 3, 4
 READY, FAILED, PARTIAL, RESULT, BYE = 10, 11, 12, 13, 14
@@ -52,6 +57,12 @@ def progress_offset(slot: int) -> int:
 
 
 MAX_SLOTS = (CTRL_SIZE - _PROGRESS_BASE) // PROGRESS.size
+
+# On this signal a worker process writes every thread's stack into its stack file (a
+# third fd it gets at start), with faulthandler: the stall watchdog's report. A
+# real-time signal, which stage code hardly ever uses; faulthandler answers from the
+# signal handler, in C, even while the main thread holds the GIL or waits on a lock.
+STACK_SIGNAL = _signal.SIGRTMIN + 6
 
 
 def error_report(error: BaseException, tb: str, phase: str) -> bytes:

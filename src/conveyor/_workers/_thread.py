@@ -232,6 +232,12 @@ class ThreadWorker(ThreadHandle):
         if not self.flag[0]:
             feed.complete(job.seq, results, slot)
 
+    def holding(self) -> tuple[list[Any], int] | None:
+        slot, batch = self.slot, self._batch
+        if batch is None or slot.state != "busy":
+            return None
+        return batch[1], (slot.item_index if slot.item_started else -1)
+
     def check_timeout(self, now: float, timeout: float) -> None:
         """Called by the run's watchdog: abandon this worker if its current item has run
         past the stage's timeout, and start a worker that takes over its batch."""

@@ -18,9 +18,11 @@ imports as little as it can: the zygote's start is on the way to the first resul
 
 Protocol, over a SOCK_SEQPACKET socket pair (one datagram per message)::
 
-    engine → zygote   SPAWN req  + two fds (SCM_RIGHTS): the worker's data socket
-                      and the run's control memory
-                      KILL  pid  (SIGKILL one of its children)
+    engine → zygote   SPAWN req  + fds (SCM_RIGHTS): the worker's data socket, the
+                      run's control memory, and the file where the worker
+                      writes its stack on request (see ``_child``)
+                      KILL  pid sig  (send a signal, SIGKILL by default, to
+                                      one of its children)
     zygote → engine   SPAWNED req pid
                       EXITED  0   pid exitcode  (negative: killed by that signal)
 
@@ -189,6 +191,13 @@ class Zygote:
         no longer has cannot have been reused by anyone we would hurt)."""
         try:
             self._send(MSG.pack(KILL, 0, pid, 0))
+        except ZygoteGone:
+            pass
+
+    def signal(self, pid: int, signum: int) -> None:
+        """Send ``signum`` to a worker, unless it already exited (as :meth:`kill`)."""
+        try:
+            self._send(MSG.pack(KILL, 0, pid, signum))
         except ZygoteGone:
             pass
 

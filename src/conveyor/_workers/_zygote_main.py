@@ -82,10 +82,10 @@ def serve(fd: int) -> None:
             msg, fds = _recv_fds(sock)
             if not msg:
                 break  # the engine's process is gone
-            tag, req, pid, _ = MSG.unpack(msg)
-            if tag == KILL:
+            tag, req, pid, arg = MSG.unpack(msg)
+            if tag == KILL:  # the last field: the signal to send (0: SIGKILL)
                 if pid in children:
-                    os.kill(pid, _signal.SIGKILL)
+                    os.kill(pid, arg or _signal.SIGKILL)
                 continue
             pid = os.fork()
             if pid == 0:

@@ -619,23 +619,23 @@ class Dict(Generic[K, V]):
         start = at + 16 + klen
         return heap[start : start + vlen]
 
+    def _record(self, heap: memoryview, at: int, kb: bytes, vb: bytes) -> None:
+        _REC.pack_into(heap, at, len(kb), len(vb))
+        heap[at + 16 : at + 16 + len(kb)] = kb
+        heap[at + 16 + len(kb) : at + 16 + len(kb) + len(vb)] = vb
+
     def _store(self, kb: bytes, crc: int, vb: bytes) -> None:
         ctl = self._segment.ctl
         need = 16 + _pad(len(kb) + len(vb))
         a = ctl[_D_ACTIVE]
         found, i = self._find(a, kb, crc)
-        if ctl[_D_TOP + a] + need > self._capacity or (
-            found < 0 and ctl[_D_USED + a] >= self._limit
-        ):
-            self._compact(need, found < 0)
-            a = ctl[_D_ACTIVE]
-            found, i = self._find(a, kb, crc)
-        heap, table = self._heaps[a], self._tables[a]
         at = ctl[_D_TOP + a]
-        ctl[_D_TOP + a] = at + need  # first: a record cut short is garbage, not seen
-        _REC.pack_into(heap, at, len(kb), len(vb))
-        heap[at + 16 : at + 16 + len(kb)] = kb
-        heap[at + 16 + len(kb) : at + 16 + len(kb) + len(vb)] = vb
+        if at + need > self._capacity or (found < 0 and ctl[_D_USED + a] >= self._limit):
+            self._compact(a, found, kb, crc, vb)
+            return
+        ctl[_D_TOP + a] = at + need  # first: a record cut short is garbage, never seen
+        self._record(self._heaps[a], at, kb, vb)
+        table = self._tables[a]
         ctl[_D_OP] = 1
         fresh = table[2 * i + 1] == _EMPTY
         table[2 * i] = crc
@@ -667,42 +667,41 @@ class Dict(Generic[K, V]):
                 klen, vlen = _REC.unpack_from(heap, at)
                 yield i, at, klen, vlen
 
-    def _compact(self, need: int, new_key: bool) -> None:
-        """Copy the live records into the other half and switch to it (lock held)."""
+    def _compact(self, a: int, replaced: int, kb: bytes, crc: int, vb: bytes) -> None:
+        """Write the live records of half ``a`` but bucket ``replaced``, and the new one,
+        into the other half, and switch to it (lock held): the copy and the write are
+        one commit, so the old record is dropped only when its replacement is in."""
         ctl = self._segment.ctl
-        a = ctl[_D_ACTIVE]
-        live = list(self._live(a))
+        live = [r for r in self._live(a) if r[0] != replaced]
         live_bytes = sum(16 + _pad(klen + vlen) for _, _, klen, vlen in live)
-        if live_bytes + need > self._capacity:
+        need = 16 + _pad(len(kb) + len(vb))
+        if live_bytes + need > self._capacity or len(live) + 1 > self._limit:
             raise CapacityError(
-                f"the shared.Dict is full: its {len(live)} keys take {live_bytes} of its "
-                f"{self._capacity} bytes and this write needs {need} more; make it with a "
-                "larger capacity= (bytes)"
-            )
-        if new_key and len(live) + 1 > self._limit:
-            raise CapacityError(
-                f"the shared.Dict is full: it holds {len(live)} keys, the most its "
-                f"capacity of {self._capacity} bytes allows; make it with a larger "
-                "capacity= (bytes)"
+                f"the shared.Dict is full: its {len(live)} other keys take {live_bytes} of "
+                f"its {self._capacity} bytes and this write needs {need} more; make it "
+                "with a larger capacity= (bytes)"
             )
         b = 1 - a
         old_heap, old_table = self._heaps[a], self._tables[a]
         heap, table, mask = self._heaps[b], self._tables[b], self._mask
         self._zero_table(b)
         top = 0
-        for i, at, klen, vlen in live:
+        for i, at, klen, vlen in [*live, (-1, -1, len(kb), len(vb))]:
             size = 16 + _pad(klen + vlen)
-            heap[top : top + size] = old_heap[at : at + size]
-            crc = old_table[2 * i]
-            j = _slot(crc, mask)
+            if i < 0:
+                self._record(heap, top, kb, vb)
+                h = crc
+            else:
+                heap[top : top + size] = old_heap[at : at + size]
+                h = old_table[2 * i]
+            j = _slot(h, mask)
             while table[2 * j + 1] != _EMPTY:
                 j = (j + 1) & mask
-            table[2 * j] = crc
+            table[2 * j] = h
             table[2 * j + 1] = top + _REF_BASE
             top += size
         ctl[_D_TOP + b] = top
-        ctl[_D_COUNT + b] = len(live)
-        ctl[_D_USED + b] = len(live)
+        ctl[_D_COUNT + b] = ctl[_D_USED + b] = len(live) + 1
         ctl[_D_ACTIVE] = b  # the commit
 
     # -- operations -------------------------------------------------------------------

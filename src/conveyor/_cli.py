@@ -520,3 +520,60 @@ class _StatusLine:
         if self.live:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+
+
+@main.command(
+    "doctor", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.option("-m", "module", is_flag=True, help="Run a module (as python -m does), not a file.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Give up on a script still running after this long: report every thread's stack "
+    "and what it waits for. Default: wait for it (a script whose threads are stuck on "
+    "locks for good is reported at once either way).",
+)
+@click.option(
+    "--ignore",
+    multiple=True,
+    metavar="PATTERN",
+    help="Do not report lock orders where a lock's name, or where it was made or taken "
+    "(file:line), matches this pattern (fnmatch; repeatable).",
+)
+@click.option(
+    "--libraries",
+    is_flag=True,
+    help="Check the locks of installed packages too, not only the script's own code.",
+)
+@click.argument("script", metavar="SCRIPT")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def doctor_command(
+    module: bool,
+    timeout: float | None,
+    ignore: tuple[str, ...],
+    libraries: bool,
+    script: str,
+    args: tuple[str, ...],
+) -> None:
+    """Run SCRIPT (with ARGS) with threading's locks replaced by conveyor.sync's
+    checking ones, and report lock-order inversions (a then b here, b then a there,
+    even if this run did not hang), waits made while holding a lock, and deadlocks
+    with their cycle and every thread's stack.
+
+    Exit status: 1 if a problem was found, else the script's own.
+    """
+    from .sync import _doctor
+
+    if not module and not os.path.isfile(script):
+        raise click.BadParameter(f"no such file: {script}", param_hint="SCRIPT")
+    diagnosis = _doctor.diagnose(
+        [script, *args], module=module, timeout=timeout, ignore=ignore, libraries=libraries
+    )
+    code = diagnosis.exit_code if diagnosis.healthy else 1
+    if diagnosis.stuck is not None:  # its threads can never be joined: leave without them
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -123,6 +123,8 @@ class _Tracked:
     def _wait(self, me: int) -> None:
         """Block until the underlying lock is ours (no timeout): raise DeadlockError
         if waiting would close a cycle of waiting threads."""
+        if _order.on:  # the order is known now, whether or not the wait ever ends
+            _order.acquiring(self, me)
         with _graph:
             _waiting[me] = self
             message = self._check(me)
@@ -221,10 +223,11 @@ def _describe(cycle: list[tuple[int, _Tracked]]) -> str:
     for i, (thread, lock) in enumerate(cycle):
         holder_of_next = cycle[(i + 1) % len(cycle)][0]
         held = [lk for t, lk in cycle if lk.owner == thread]
-        holds = ", ".join(f"{lk.name} (taken at {lk.taken_at})" for lk in held) or "nothing"
+        holds = ", ".join(f"{_order.display(lk)} (taken at {lk.taken_at})" for lk in held)
         who = "thread" if i == 0 else "which is thread"
         parts.append(
-            f"{who} {_thread_name(thread)} holds {holds} and waits for {lock.name}, held by "
+            f"{who} {_thread_name(thread)} holds {holds or 'nothing'} and waits for "
+            f"{_order.display(lock)}, held by "
             f"{_thread_name(holder_of_next)}"
         )
     lines = ["deadlock: " + "; ".join(parts) + " (the first)."]

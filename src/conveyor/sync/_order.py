@@ -95,7 +95,7 @@ class OrderReport:
         return bool(self.problems)
 
 
-class _Lock(Protocol):  # what _locks' locks give this module
+class _Named(Protocol):  # what _locks' locks give this module
     serial: int
     _taken: tuple[str, int] | None
     _created: str
@@ -105,6 +105,9 @@ class _Lock(Protocol):  # what _locks' locks give this module
     def key(self) -> str: ...
     @property
     def name(self) -> str: ...
+
+
+class _Lock(_Named, Protocol):
     def release(self) -> None: ...
 
 
@@ -211,10 +214,20 @@ def acquired(lock: _Lock, me: int, checked: bool) -> None:
     if held is None:
         held = _held[me] = []
     if checked and held:
-        problem = _edges_to(held, lock)
+        problem = _edges_to(held, lock, lock._taken)
         if problem is not None:
             _found(problem, lock)
     held.append((lock, lock._taken))
+
+
+def acquiring(lock: _Named, me: int) -> None:
+    """Thread ``me`` is about to wait (untimed) for ``lock``: the order it takes the
+    locks in is known now, and must be recorded even if the wait never ends."""
+    held = _held.get(me)
+    if held:
+        problem = _edges_to(held, lock, _here())
+        if problem is not None:
+            _found(problem, None)
 
 
 def released(lock: _Lock, owner: int) -> None:
@@ -239,14 +252,14 @@ def waits(what: object, kind: str, timeout: float | None) -> None:
         return
     name = getattr(what, "name", repr(what))
     key = frozenset([("wait", getattr(what, "key", name)), *(h.key for h, _ in held)])
-    locks = ", ".join(f"{_display(h)} (taken at {_site(at)})" for h, at in held)
+    locks = ", ".join(f"{display(h)} (taken at {_site(at)})" for h, at in held)
     message = (
         f"{kind} wait while holding a lock: thread {threading.current_thread().name} waits "
         f"on {name} at {_caller()} while holding {locks}; a thread that needs "
         f"{'it' if len(held) == 1 else 'one of them'} before it wakes this one would wait "
         f"for ever. Let go of the lock before waiting, or wait with a timeout."
     )
-    problem = OrderProblem("wait while holding", tuple(_display(h) for h, _ in held), message)
+    problem = OrderProblem("wait while holding", tuple(display(h) for h, _ in held), message)
     _found((key, problem), None)
 
 
@@ -261,9 +274,10 @@ def deadlock(message: str) -> None:
 
 
 def _edges_to(
-    held: list[tuple[_Lock, Site]], lock: _Lock
+    held: list[tuple[_Lock, Site]], lock: _Named, taken_at: Site
 ) -> tuple[frozenset[object], OrderProblem] | None:
-    """Record "each held lock, then ``lock``"; the first inversion it closes, if any."""
+    """Record "each held lock, then ``lock`` (taken at ``taken_at``)"; the first
+    inversion it closes, if any."""
     key = lock.key
     for i, (h, h_at) in enumerate(held):
         if h is lock:
@@ -289,11 +303,11 @@ def _edges_to(
                     continue
                 edge = _Edge(
                     gate,
-                    _display(h),
-                    _display(lock),
+                    display(h),
+                    display(lock),
                     threading.current_thread().name,
                     _site(h_at),
-                    _site(lock._taken),
+                    _site(taken_at),
                 )
                 _edges[(a, b)] = edge
                 _succ.setdefault(a, set()).add(b)
@@ -364,7 +378,7 @@ def _found(found: tuple[frozenset[object], OrderProblem], lock: _Lock | None) ->
         raise LockOrderError(problem.message)
 
 
-def _is_ignored(first: _Lock, first_at: Site, then: _Lock) -> bool:
+def _is_ignored(first: _Named, first_at: Site, then: _Named) -> bool:
     patterns = _settings.ignore
     if not patterns:
         return False
@@ -438,7 +452,7 @@ def _site(site: Site) -> str:
     return "?" if site is None else f"{site[0]}:{site[1]}"
 
 
-def _display(lock: _Lock) -> str:
+def display(lock: _Named) -> str:
     """The lock's name, or the name it is assigned to where it was made (``mutexA``,
     ``self.lock``), with that place."""
     if lock._name:
@@ -466,6 +480,17 @@ def _outside_depth() -> int:
         frame = frame.f_back
         depth += 1
     return depth
+
+
+def _here() -> Site:
+    """(file, line) of the first caller outside this package and ``threading``."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and (
+        os.path.dirname(frame.f_code.co_filename) == _HERE
+        or frame.f_code.co_filename == threading.__file__
+    ):
+        frame = frame.f_back
+    return None if frame is None else (frame.f_code.co_filename, frame.f_lineno)
 
 
 def _caller() -> str:

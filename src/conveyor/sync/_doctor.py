@@ -218,8 +218,7 @@ def _threads_report(threads: list[threading.Thread]) -> str:
                 f"{lock.name}, held by a thread that ended without letting it go "
                 f"(taken at {lock.taken_at})"
             )
-        frame = frames.get(t.ident or 0)
-        stack = "".join(traceback.format_stack(frame)).rstrip() if frame else "(no stack)"
+        stack = _order.stack_text(frames.get(t.ident or 0))
         parts.append(
             f"thread {t.name} waits for {waits or 'something outside conveyor.sync'}\n{stack}"
         )

@@ -27,7 +27,6 @@ import itertools
 import os
 import sys
 import threading
-import traceback
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .._errors import DeadlockError
@@ -232,9 +231,8 @@ def _describe(cycle: list[tuple[int, _Tracked]]) -> str:
         )
     lines = ["deadlock: " + "; ".join(parts) + " (the first)."]
     for thread, _ in cycle:
-        frame = frames.get(thread)
-        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(gone)\n"
-        lines.append(f"\nstack of {_thread_name(thread)}:\n{stack.rstrip()}")
+        stack = _order.stack_text(frames.get(thread))
+        lines.append(f"\nstack of {_thread_name(thread)}:\n{stack}")
     return "\n".join(lines)
 
 

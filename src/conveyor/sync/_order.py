@@ -38,6 +38,7 @@ import os
 import re
 import sys
 import threading
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -480,6 +481,16 @@ def _outside_depth() -> int:
         frame = frame.f_back
         depth += 1
     return depth
+
+
+def stack_text(frame: FrameType | None) -> str:
+    """A thread's stack from ``frame`` outwards, as ``traceback`` prints it, without the
+    frames of this package (where the lock machinery waits)."""
+    if frame is None:
+        return "(gone)"
+    summary = traceback.extract_stack(frame)
+    kept = [f for f in summary if os.path.dirname(f.filename) != _HERE]
+    return "".join(traceback.format_list(kept)).rstrip()
 
 
 def _here() -> Site:

@@ -226,6 +226,21 @@ def check_mutex(out: list[str]) -> None:
     assert out[3].startswith("without shared state: x = 0,")
 
 
+def check_deadlock_rlock(out: list[str]) -> None:
+    m = re.match(r"two locks, with the sleep: (\d+) deadlock\(s\) reported, none hung", out[0])
+    assert m, out[0]
+    assert int(m.group(1)) >= 1
+    assert out[1].startswith("first report: deadlock: thread run-")
+    assert "holds mutex" in out[1]
+    assert "and waits for mutex" in out[1]
+    assert out[2] == "two locks, without the sleep: 1 lock order inversion(s) found"
+    assert out[3] in (
+        "first finding: lock order inversion: mutexA then mutexB, mutexB then mutexA",
+        "first finding: lock order inversion: mutexB then mutexA, mutexA then mutexB",
+    )
+    assert out[4] == "one RLock: 0 failure(s), 0 problem(s) found"
+
+
 CHECKS: dict[str, Callable[[list[str]], None]] = {
     "01_manager_counter.py": check_manager_counter,
     "02_queue_basics.py": check_queue_basics,
@@ -239,6 +254,7 @@ CHECKS: dict[str, Callable[[list[str]], None]] = {
     "10_daemon_thread.py": check_daemon_thread,
     "11_daemon_two_threads.py": check_daemon_two_threads,
     "12_mutex.py": check_mutex,
+    "13_deadlock_rlock.py": check_deadlock_rlock,
 }
 
 

@@ -1,8 +1,9 @@
-"""The one thing pyproject.toml cannot say: the optional C extension.
+"""The one thing pyproject.toml cannot say: the optional C extensions.
 
-``conveyor._channels._ring`` holds the process channel's hot paths. It is optional:
-without a C compiler the build goes on without it and the channel runs its
-pure-Python code, which passes the same tests (only slower per message).
+``conveyor._channels._ring`` holds the process channel's hot paths, and
+``conveyor.sync._native`` those of ``conveyor.sync``'s Lock and RLock. Both are
+optional: without a C compiler the build goes on without them and the channel and
+the locks run their pure-Python code, which passes the same tests (only slower).
 """
 
 from setuptools import Extension, setup
@@ -14,6 +15,12 @@ setup(
             sources=["src/conveyor/_channels/_ring.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
-        )
+        ),
+        Extension(
+            "conveyor.sync._native",
+            sources=["src/conveyor/sync/_native.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        ),
     ]
 )

@@ -8,6 +8,7 @@ reports an inversion (a then b here, b then a there) even in a run that did not 
 """
 
 from .._errors import DeadlockError as DeadlockError
+from ._locks import NATIVE as NATIVE
 from ._locks import BoundedSemaphore as BoundedSemaphore
 from ._locks import Condition as Condition
 from ._locks import Event as Event
@@ -25,6 +26,7 @@ from ._order import checking_order as checking_order
 from ._order import order_problems as order_problems
 
 __all__ = [
+    "NATIVE",
     "BoundedSemaphore",
     "Condition",
     "DeadlockError",

@@ -18,7 +18,20 @@ appeared while an owner was being recorded.
 
 Semaphores and events have no owner, so they are not part of the graph; a thread
 waiting on one is still described by :func:`blocked_on`. Lock-order checking (the
-opt-in mode of ``_order``) sees every acquire through ``_order.hooks``.
+opt-in mode of ``_order``) sees every acquire through ``_order.acquired`` and
+``_order.released``.
+
+Two implementations of ``Lock`` and ``RLock``, one behaviour::
+
+    _Tracked (name, key, the graph: _wait, _check, repr)
+      |-- _PyTracked (slots, a threading.Lock) -- PyLock, PyRLock: the reference
+      '-- with _native.Lock / _native.RLock (C) -- NativeLock, NativeRLock
+
+The C types (``_native.c``) do the uncontended acquire and release, timed waits, and
+the common lock-order bookkeeping without running Python code; a blocking untimed
+acquire that has to wait calls ``_wait`` here. ``Lock`` and ``RLock`` are the native
+classes when the extension is built (``NATIVE``), except with
+``CONVEYOR_PURE_PYTHON=1`` or on a free-threaded build (the C types rely on the GIL).
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import sysconfig
 import threading
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -36,6 +50,7 @@ if TYPE_CHECKING:
     from types import FrameType, TracebackType
 
 __all__ = [
+    "NATIVE",
     "BoundedSemaphore",
     "Condition",
     "Event",
@@ -45,6 +60,25 @@ __all__ = [
     "blocked_on",
     "deadlock_policy",
 ]
+
+
+def _load_native() -> Any:
+    """The C types (``_native.c``), or None: not built, ``CONVEYOR_PURE_PYTHON`` set,
+    or a free-threaded build (importing a module that needs the GIL turns it on)."""
+    if os.environ.get("CONVEYOR_PURE_PYTHON") or sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return None
+    try:
+        from . import _native
+    except ImportError:
+        return None
+    return _native
+
+
+if TYPE_CHECKING:
+    from . import _native
+else:
+    _native = _load_native()
+NATIVE = _native is not None  # Lock and RLock are the C-backed classes
 
 RECHECK_S = 0.05
 
@@ -85,17 +119,27 @@ def _thread_name(ident: int) -> str:
 
 
 class _Tracked:
-    """What both locks share: the name, the owner, and waiting with the graph."""
+    """What both implementations share: the name, the key, and waiting with the graph.
+    The state (``owner``, ``_taken``, ``serial``, ...) lives in the subclasses: slots
+    in pure Python, fields of the C type in the native one."""
 
-    __slots__ = ("__weakref__", "_created", "_lock", "_name", "_taken", "owner", "serial")
+    if TYPE_CHECKING:
+        _name: str | None
+        _created: str
+        serial: int
+        owner: int | None
+        _taken: tuple[str, int] | None
 
-    def __init__(self, name: str | None) -> None:
-        self._lock = threading.Lock()
+        def _acquire_raw(self, timeout: float) -> bool: ...
+        def _release_raw(self) -> None: ...
+
+    else:
+        __slots__ = ()  # no __dict__ in either implementation
+
+    def _init(self, name: str | None) -> None:
         self._name = name
         self._created = created_at()
         self.serial = next(_serials)  # never reused: identifies this lock in reports
-        self.owner: int | None = None
-        self._taken: tuple[str, int] | None = None  # where the owner took it
 
     @property
     def name(self) -> str:
@@ -114,14 +158,10 @@ class _Tracked:
         taken = self._taken
         return "?" if taken is None else f"{taken[0]}:{taken[1]}"
 
-    def _took(self, me: int) -> None:
-        self.owner = me
-        frame = sys._getframe(2)  # the caller of acquire()
-        self._taken = (frame.f_code.co_filename, frame.f_lineno)
-
     def _wait(self, me: int) -> None:
         """Block until the underlying lock is ours (no timeout): raise DeadlockError
-        if waiting would close a cycle of waiting threads."""
+        if waiting would close a cycle of waiting threads. The caller records the
+        owner."""
         if _order.on:  # the order is known now, whether or not the wait ever ends
             _order.acquiring(self, me)
         with _graph:
@@ -129,13 +169,13 @@ class _Tracked:
             message = self._check(me)
         try:
             while message is None:
-                got = self._lock.acquire(True, RECHECK_S)
+                got = self._acquire_raw(RECHECK_S)
                 with _graph:
                     message = _doomed.pop(me, None)
                     if got and message is None:
                         return
                     if got:  # part of a cycle already reported: policy "all"
-                        self._lock.release()
+                        self._release_raw()
                     else:
                         message = self._check(me)
         finally:
@@ -160,15 +200,55 @@ class _Tracked:
             _order.deadlock(message)
         return DeadlockError(message, cycle_threads=threads)
 
+    def __repr__(self) -> str:
+        owner = "unlocked" if self.owner is None else f"held by {_thread_name(self.owner)}"
+        return f"<conveyor.sync.{type(self).__name__} {self.name!r} {owner}>"
+
+
+class _PyTracked(_Tracked):
+    """The pure-Python state: a ``threading.Lock`` and slots."""
+
+    __slots__ = ("__weakref__", "_created", "_lock", "_name", "_taken", "owner", "serial")
+
+    def __init__(self, name: str | None) -> None:
+        self._lock = threading.Lock()
+        self._init(name)
+        self.owner: int | None = None
+        self._taken: tuple[str, int] | None = None  # where the owner took it
+
+    def _took(self, me: int) -> None:
+        self.owner = me
+        frame = sys._getframe(2)  # the caller of acquire()
+        self._taken = (frame.f_code.co_filename, frame.f_lineno)
+
+    def _acquire_raw(self, timeout: float) -> bool:
+        return self._lock.acquire(True, timeout)
+
+    def _release_raw(self) -> None:
+        self._lock.release()
+
     def _at_fork_reinit(self) -> None:
         """After a fork, in the child: the lock is free (``threading``'s protocol, used
         by logging and concurrent.futures)."""
         self._lock = threading.Lock()
         self.owner = None
 
-    def __repr__(self) -> str:
-        owner = "unlocked" if self.owner is None else f"held by {_thread_name(self.owner)}"
-        return f"<conveyor.sync.{type(self).__name__} {self.name!r} {owner}>"
+
+def _check_timeout(blocking: bool, timeout: float) -> None:
+    """The arguments ``threading``'s locks refuse (``timeout`` is not -1)."""
+    if not blocking:
+        raise ValueError("can't specify a timeout for a non-blocking call")
+    if timeout < 0:
+        raise ValueError(_NEGATIVE_TIMEOUT)
+    if timeout > threading.TIMEOUT_MAX:
+        raise OverflowError("timeout value is too large")
+
+
+_NEGATIVE_TIMEOUT = (
+    "timeout value must be a non-negative number"
+    if sys.version_info >= (3, 13)
+    else "timeout value must be positive"
+)
 
 
 def _retaken(lock: _Tracked) -> None:
@@ -236,7 +316,7 @@ def _describe(cycle: list[tuple[int, _Tracked]]) -> str:
     return "\n".join(lines)
 
 
-class Lock(_Tracked):
+class Lock(_PyTracked):
     """``threading.Lock`` that tracks its owner and raises DeadlockError instead of
     waiting for ever. ``name=`` names it in reports (default: where it was made)."""
 
@@ -247,6 +327,8 @@ class Lock(_Tracked):
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         me = threading.get_ident()
+        if timeout != -1:
+            _check_timeout(blocking, timeout)
         if self._lock.acquire(False):
             self._took(me)
             if _order.on:
@@ -294,7 +376,7 @@ class Lock(_Tracked):
         _retaken(self)
 
 
-class RLock(_Tracked):
+class RLock(_PyTracked):
     """``threading.RLock`` that tracks its owner and raises DeadlockError instead of
     waiting for ever. Re-entry by its owner never waits."""
 
@@ -308,6 +390,8 @@ class RLock(_Tracked):
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         me = threading.get_ident()
+        if timeout != -1:
+            _check_timeout(blocking, timeout)
         if self.owner == me:
             self._count += 1
             return True
@@ -368,6 +452,49 @@ class RLock(_Tracked):
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+PyLock, PyRLock = Lock, RLock
+
+
+if _native is not None:
+
+    class NativeLock(_Tracked, _native.Lock):
+        """``threading.Lock`` that tracks its owner and raises DeadlockError instead of
+        waiting for ever. ``name=`` names it in reports (default: where it was made)."""
+
+        __slots__ = ()
+
+        def __init__(self, name: str | None = None) -> None:
+            self._init(name)
+
+        def _acquire_restore(self, state: None) -> None:
+            self.acquire()
+            _retaken(self)
+
+    class NativeRLock(_Tracked, _native.RLock):
+        """``threading.RLock`` that tracks its owner and raises DeadlockError instead
+        of waiting for ever. Re-entry by its owner never waits."""
+
+        __slots__ = ()
+
+        _kind = "rlock"
+
+        def __init__(self, name: str | None = None) -> None:
+            self._init(name)
+
+        def _acquire_restore(self, count: int) -> None:
+            self.acquire()
+            self._count = count
+            _retaken(self)
+
+    for _cls, _as in ((NativeLock, "Lock"), (NativeRLock, "RLock")):
+        _cls.__name__ = _cls.__qualname__ = _as
+    _native.set_hooks(_order.acquired, _order.released, _order._held, _order._edges)
+    _order.switched.append(_native.set_order)
+    _native.set_order(_order.on)
+    if not TYPE_CHECKING:  # to a type checker, Lock and RLock are the reference classes
+        Lock, RLock = NativeLock, NativeRLock
 
 
 class _Waits:

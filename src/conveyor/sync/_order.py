@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from types import FrameType
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
 OnProblem = Literal["warn", "raise", "record"]
 
 on = False  # read by every acquire: is checking on?
+switched: list[Callable[[bool], object]] = []  # told when ``on`` changes (the C locks' flag)
 
 
 class LockOrderWarning(UserWarning):
@@ -169,6 +170,8 @@ def check_order(
         _settings.ignore = patterns
         _ignored.clear()
         on = bool(enabled)
+        for tell in switched:
+            tell(on)
 
 
 @contextlib.contextmanager

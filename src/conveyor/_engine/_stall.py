@@ -9,9 +9,13 @@ seconds; nothing on the items' path changes, it reads counters that exist anyway
   the consumer taking outputs), items a worker finished, failed or retried, workers
   replaced, and the item a worker is on when its stage tracks items (``timeout=``).
 * **Pending** means an item in a channel, a worker holding a batch (busy, or blocked
-  passing its outputs on), or a worker in ``setup()`` or ``teardown()``. A run whose
-  workers all wait for the source (which waits for its own input) is idle, not
-  stalled; so is a producer function that has not yielded yet.
+  passing its outputs on), or a worker in ``teardown()``. A run whose workers all
+  wait for the source (which waits for its own input) is idle, not stalled; so is a
+  producer function that has not yielded yet.
+* **Starting** workers hold the clock: a worker process importing the stage's
+  modules, a ``setup()`` loading a model, may take long and move no counter. The
+  clock starts once every worker has started, so a ``setup()`` that never returns is
+  not reported (``run.workers()`` shows it ``starting``).
 
 So one item that runs for longer than ``stall_timeout`` while other workers move is
 not a stall, but on the only busy worker it is: the watchdog cannot tell it from a
@@ -112,8 +116,8 @@ class StallWatch:
             if seen != last:
                 last, since, reported = seen, now, False
                 continue
-            if not self._pending():
-                since = now  # idle: waiting for the source is not a stall
+            if not self._pending() or self._starting():
+                since = now  # idle (waiting for the source), or starting: not a stall
                 continue
             if reported or now - since < self.timeout:
                 continue
@@ -146,9 +150,17 @@ class StallWatch:
             if s.stage in self._sources:
                 if state == "blocked":
                     return True
-            elif state in ("busy", "blocked", "starting", "stopping"):
+            elif state in ("busy", "blocked", "stopping"):
                 return True
         return False
+
+    def _starting(self) -> bool:
+        """A worker is starting (a worker process imports the stage's modules, setup()
+        loads a model): it may take long and moves no counter, so the clock waits."""
+        return any(
+            h.slot.state == "starting" and h.slot.alive and not h.slot.abandoned
+            for h in self.run.handles()
+        )
 
     # -- a stall ------------------------------------------------------------------
 
@@ -216,7 +228,7 @@ def _sync_wait(ident: int | None) -> str:
         what = sync.blocked_on(ident)
     except Exception:
         return ""
-    return f"conveyor.sync lock {what}" if what else ""
+    return what or ""
 
 
 def _waiting_for(run: LocalRun, h: WorkerHandle, labels: dict[int, str]) -> str:

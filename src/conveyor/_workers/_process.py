@@ -44,7 +44,7 @@ from . import _protocol as P
 from ._apply import describe_exception
 from ._base import StageFeed, Stopping, ThreadHandle, WorkerHandle, WorkerKind, WorkerSlot
 from ._serialize import dumps_items, first_unpicklable, loads
-from ._stacks import by_value_file, format_frames, parse_faulthandler, trim
+from ._stacks import by_value_code, format_frames, parse_faulthandler, trim
 from ._wire import Wire
 from ._zygote import Zygote, ZygoteGone
 
@@ -616,7 +616,7 @@ class ProcessWorker(ThreadHandle):
                 last = size
                 time.sleep(STACK_POLL_S)
             text = os.pread(fd, size, 0).decode("utf-8", "replace")
-        threads = parse_faulthandler(text, by_value_file())
+        threads = parse_faulthandler(text, by_value_code(self.feed.spec.target))
         if not threads:
             return f"  (no stack: worker process {self.pid} did not answer)\n"
         if len(threads) == 1:

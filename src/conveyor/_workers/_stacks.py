@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Frames",
-    "by_value_file",
+    "by_value_code",
     "coroutine_frames",
     "format_frames",
     "parse_faulthandler",
@@ -71,9 +71,11 @@ def coroutine_frames(coro: Any) -> Frames:
     return out
 
 
-def parse_faulthandler(text: str, dynamic: str | None = None) -> list[tuple[str, Frames]]:
+def parse_faulthandler(
+    text: str, dynamic: dict[str, list[tuple[str, int, int]]] | None = None
+) -> list[tuple[str, Frames]]:
     """``faulthandler``'s dump as (thread header, frames outermost first) per thread;
-    ``dynamic`` replaces the file name ``<dynamic-code>`` (see :func:`by_value_file`)."""
+    ``dynamic`` names the files of ``<dynamic-code>`` (see :func:`by_value_code`)."""
     threads: list[tuple[str, Frames]] = []
     head, frames = "", cast("Frames", [])
     for line in text.splitlines():
@@ -86,9 +88,12 @@ def parse_faulthandler(text: str, dynamic: str | None = None) -> list[tuple[str,
         f = _FRAME_LINE.match(line)
         if f is not None:
             filename = f.group("file")
+            lineno, name = int(f.group("line")), f.group("name")
             if filename == "<dynamic-code>" and dynamic:
-                filename = dynamic
-            frames.append((filename, int(f.group("line")), f.group("name")))
+                places = [p for p, first, last in dynamic.get(name, ()) if first <= lineno <= last]
+                if len(set(places)) == 1:
+                    filename = places[0]
+            frames.append((filename, lineno, name))
     if frames or head:
         threads.append((head, frames[::-1]))
     return threads
@@ -113,13 +118,39 @@ def trim(frames: Frames) -> Frames:
     return [f for i, f in enumerate(frames) if not _ours(f[0], i) or f[0].startswith(_PACKAGE)]
 
 
-def by_value_file() -> str | None:
-    """Where functions sent by value to worker processes come from: cloudpickle sends
-    ``__main__``'s functions by value and names their file ``<dynamic-code>``, so in a
-    worker's stack that name stands for the main script (line numbers are kept)."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    return os.path.abspath(path) if isinstance(path, str) else None
+def by_value_code(target: Any) -> dict[str, list[tuple[str, int, int]]]:
+    """Where the functions a worker process got by value come from.
+
+    cloudpickle sends functions that cannot be imported (``__main__``'s, closures,
+    lambdas) by value and names their file ``<dynamic-code>``; line numbers are kept.
+    This maps each function name reachable from the stage's ``target`` (its code,
+    the code nested in it, the functions of its globals it names, the methods of a
+    stage class) to ``(file, first line, last line)``, which tells the file back."""
+    found: dict[str, list[tuple[str, int, int]]] = {}
+    seen: set[int] = set()
+    todo: list[Any] = [target]
+    while todo and len(seen) < 1000:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, type):
+            todo.extend(v for v in vars(obj).values() if callable(v))
+            continue
+        fn = getattr(obj, "__func__", obj)  # a bound method
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            continue
+        codes = [code]
+        while codes:
+            c = codes.pop()
+            lines = [n for _, _, n in c.co_lines() if n is not None]
+            last = max(lines, default=c.co_firstlineno)
+            found.setdefault(c.co_name, []).append((c.co_filename, c.co_firstlineno, last))
+            codes.extend(k for k in c.co_consts if hasattr(k, "co_lines"))
+            globs = getattr(fn, "__globals__", {})
+            todo.extend(globs[n] for n in c.co_names if callable(globs.get(n)))
+    return found
 
 
 def format_frames(frames: Frames, indent: str = "  ") -> str:

@@ -27,8 +27,25 @@ def test_dir_lists_the_public_names() -> None:
     assert set(conveyor.__all__) <= set(dir(conveyor))
 
 
+def test_shared_submodule() -> None:
+    import conveyor.shared
+
+    assert conveyor.shared.Counter is not None
+    assert "shared" in dir(conveyor)
+    assert sorted(conveyor.shared.__all__) == conveyor.shared.__all__
+    for name in conveyor.shared.__all__:
+        assert getattr(conveyor.shared, name) is not None, name
+
+
 def test_import_is_light() -> None:
-    heavy = ("rich", "click", "cloudpickle", "multiprocessing", "conveyor._engine")
+    heavy = (
+        "rich",
+        "click",
+        "cloudpickle",
+        "multiprocessing",
+        "conveyor._engine",
+        "conveyor.shared",
+    )
     code = f"import sys, conveyor; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

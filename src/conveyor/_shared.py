@@ -465,6 +465,11 @@ def _decode_key(data: bytes, at: int = 0) -> tuple[Any, int]:
     return tuple(parts), at
 
 
+# encodings of recent keys (equal keys encode alike, so 1, 1.0 and True may share one)
+_key_cache: dict[Any, tuple[bytes, int]] = {}
+_KEY_CACHE_SIZE = 4096
+
+
 def _slot(crc: int, mask: int) -> int:
     return ((crc * 0x9E3779B1) >> 7) & mask
 
@@ -707,8 +712,16 @@ class Dict(Generic[K, V]):
     # -- operations -------------------------------------------------------------------
 
     def _key(self, key: Any) -> tuple[bytes, int]:
+        try:
+            return _key_cache[key]
+        except (KeyError, TypeError):  # TypeError: unhashable, refused just below
+            pass
         kb = _key_bytes(key)
-        return kb, zlib.crc32(kb)
+        found = kb, zlib.crc32(kb)
+        if len(_key_cache) >= _KEY_CACHE_SIZE:
+            _key_cache.clear()
+        _key_cache[key] = found
+        return found
 
     def _read(self, key: Any) -> bytes | None:
         kb, crc = self._key(key)

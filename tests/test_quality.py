@@ -51,3 +51,22 @@ def test_the_c_extension_is_built() -> None:
         "conveyor._channels._ring was not built: is a C compiler installed? "
         "(pip install -e . prints why with -v)"
     )
+
+
+def test_the_locks_c_extension_is_built() -> None:
+    """``pip install`` builds conveyor.sync's C locks too, and Lock and RLock use them
+    (except on a free-threaded build, where they would turn the GIL back on)."""
+    import os
+    import sysconfig
+
+    from conveyor import sync
+
+    if os.environ.get("CONVEYOR_PURE_PYTHON"):
+        pytest.skip("CONVEYOR_PURE_PYTHON is set")
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        assert not sync.NATIVE
+        pytest.skip("free-threaded build: the pure-Python locks")
+    assert sync.NATIVE, (
+        "conveyor.sync._native was not built: is a C compiler installed? "
+        "(pip install -e . prints why with -v)"
+    )

@@ -10,6 +10,7 @@ import pytest
 import conveyor
 from conveyor import sync
 from conveyor.sync import _locks
+from tests.sync_implementations import lock_implementation  # noqa: F401 (autouse)
 
 JOIN = 30.0  # only reached if something hangs
 KINDS = ["Lock", "RLock"]

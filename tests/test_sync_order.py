@@ -14,6 +14,7 @@ import pytest
 
 from conveyor import sync
 from conveyor.sync import _order
+from tests.sync_implementations import lock_implementation  # noqa: F401 (autouse)
 
 JOIN = 30.0  # only reached if something hangs
 

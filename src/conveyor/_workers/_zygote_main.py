@@ -51,6 +51,11 @@ def serve(fd: int) -> None:
     import cloudpickle  # noqa: F401  (unpickling a stage needs it)
 
     from . import _child
+    from ._protocol import STACK_SIGNAL
+
+    # a worker that gets asked for its stack before it can answer (see _child) must
+    # not die of it: the signal's default action ends a process
+    _signal.signal(STACK_SIGNAL, _signal.SIG_IGN)
 
     me = os.getpid()
     children: set[int] = set()

@@ -490,6 +490,10 @@ if _native is not None:
 
     for _cls, _as in ((NativeLock, "Lock"), (NativeRLock, "RLock")):
         _cls.__name__ = _cls.__qualname__ = _as
+    # The C acquire and release do _order.acquired's and released's common cases
+    # themselves, on these two dicts: ident -> [(lock, lock._taken), ...] and
+    # (a, b) -> an edge whose ``gate`` is a frozenset. A change to those shapes, or
+    # to what the hooks do when an acquire adds no edge, is a change to _native.c too.
     _native.set_hooks(_order.acquired, _order.released, _order._held, _order._edges)
     _order.switched.append(_native.set_order)
     _native.set_order(_order.on)

@@ -161,6 +161,11 @@ class Worker:
                     pass
         info = WorkerInfo(init["name"], init["stage"], init["index"], "process")
         set_current_worker(info, whole_process=True)
+        lock_order = init.get("lock_order")
+        if lock_order is not None:  # the parent checks lock order: so does this worker
+            from ..sync import _order
+
+            _order.start_in_worker(lock_order)
         policy: ItemPolicy = init["policy"]
         progress = ShmProgress(self.ctrl, init["slot"]) if policy.track else None
         try:
@@ -180,7 +185,7 @@ class Worker:
         except BaseException as exc:
             self.fail(P.NO_SEQ, 0, exc, "teardown")
             return 0
-        self.send(P.TAG.pack(P.BYE))
+        self.send(P.TAG.pack(P.BYE), _lock_orders() if lock_order is not None else b"")
         return 0
 
     def fail(self, seq: int, index: int, error: BaseException, phase: str) -> None:
@@ -267,3 +272,10 @@ class Worker:
             if tag == P.STOP:
                 raise _StopNow
             self.inbox.append(msg)
+
+
+def _lock_orders() -> bytes:
+    """This worker's lock orders, for the parent to check with everyone else's."""
+    from ..sync import _order
+
+    return dumps_items(_order.export_edges())

@@ -159,6 +159,7 @@ class ProcessWorker(ThreadHandle):
             "name": slot.name,
             "stage": feed.name,
             "index": slot.index,
+            "lock_order": _lock_order_settings(),
         }
         conn = Wire(ours)
         try:
@@ -542,6 +543,8 @@ class ProcessWorker(ThreadHandle):
                 while True:  # drain until it says goodbye or dies
                     msg = self._recv()
                     if msg[0] == P.BYE:
+                        if len(msg) > P.TAG.size:  # the worker's lock orders
+                            _merge_lock_orders(loads(memoryview(msg)[P.TAG.size :]))
                         break
                     if msg[0] == P.FAILED and not self.feed.stop[0]:
                         _, _, report = self._parse_failed(msg)
@@ -691,3 +694,18 @@ class ProcessKind(WorkerKind):
 
 
 backend_class = ProcessKind
+
+
+def _lock_order_settings() -> object:
+    """What a worker needs to check its locks' order, if this process checks (only
+    possible once conveyor.sync is imported)."""
+    order = sys.modules.get("conveyor.sync._order")
+    return None if order is None else order.settings_for_workers()
+
+
+def _merge_lock_orders(edges: Any) -> None:
+    """A worker's lock orders, into this process's graph (which reports what the
+    merged graph shows)."""
+    from ..sync import _order
+
+    _order.merge_edges(edges)

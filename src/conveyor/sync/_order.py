@@ -366,7 +366,11 @@ def _inversion(edges: list[_Edge]) -> OrderProblem:
     return OrderProblem("inversion", tuple(e.first for e in edges), message)
 
 
-def _found(found: tuple[frozenset[object], OrderProblem], lock: _Lock | None) -> None:
+def _found(
+    found: tuple[frozenset[object], OrderProblem], lock: _Lock | None, merged: bool = False
+) -> None:
+    """Report a problem by the policy; one seen in merged edges (no thread of this
+    process showed it) is warned about under "raise" too."""
     key, problem = found
     with _mu:
         if key in _seen:
@@ -374,7 +378,7 @@ def _found(found: tuple[frozenset[object], OrderProblem], lock: _Lock | None) ->
         _seen.add(key)
         _report.problems.append(problem)
         policy = _settings.on_problem
-    if policy == "warn":
+    if policy == "warn" or (policy == "raise" and merged):
         warnings.warn(LockOrderWarning(problem.message), stacklevel=_outside_depth())
     elif policy == "raise":
         if lock is not None:
@@ -440,8 +444,21 @@ def merge_edges(
             found = _cycle(a, b, edge.gate)
         if found is not None:
             problems.append(found[1])
-            _found(found, None)
+            _found(found, None, merged=True)
     return problems
+
+
+def settings_for_workers() -> tuple[tuple[str, ...]] | None:
+    """What a worker process needs to check its own locks' order, or None when
+    checking is off here: sent to it when it starts."""
+    return (_settings.ignore,) if on else None
+
+
+def start_in_worker(settings: tuple[tuple[str, ...]] | None) -> None:
+    """In a worker process: check lock order if its parent does; problems are only
+    recorded here, the parent reports them from the merged graph."""
+    if settings is not None:
+        check_order(True, on_problem="record", ignore=settings[0])
 
 
 def _tag(node: Node, pid: int) -> Node:

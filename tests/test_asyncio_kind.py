@@ -169,10 +169,10 @@ def test_flat_map_streams_large_outputs_in_order() -> None:
 
 
 def test_mixed_kinds_and_one_loop_per_stage() -> None:
-    loops: dict[str, set[int]] = {"a": set(), "b": set()}
+    loops: dict[str, set[threading.Thread]] = {"a": set(), "b": set()}  # not idents: reused
 
     async def a(x: int) -> int:
-        loops["a"].add(threading.get_ident())
+        loops["a"].add(threading.current_thread())
         await asyncio.sleep(0)
         return x + 1
 
@@ -182,7 +182,7 @@ def test_mixed_kinds_and_one_loop_per_stage() -> None:
     got: list[int] = []
 
     async def b(x: int) -> None:
-        loops["b"].add(threading.get_ident())
+        loops["b"].add(threading.current_thread())
         got.append(x)
 
     cv.Pipeline().source(range(300)).map(a, workers=5, kind="asyncio").map(middle, workers=2).sink(
@@ -191,7 +191,7 @@ def test_mixed_kinds_and_one_loop_per_stage() -> None:
     assert sorted(got) == [(x + 1) * 10 for x in range(300)]
     assert len(loops["a"]) == len(loops["b"]) == 1  # each stage on one loop thread
     assert loops["a"] != loops["b"]  # of its own
-    assert threading.get_ident() not in loops["a"]
+    assert threading.current_thread() not in loops["a"]
 
 
 def test_sync_producers_given_the_asyncio_kind_run_on_threads() -> None:

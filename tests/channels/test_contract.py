@@ -319,3 +319,126 @@ def test_a_waiting_put_many_goes_in_after_the_channel_shrinks() -> None:
 def test_exported() -> None:
     assert conveyor.Channel is Channel
     assert conveyor.Closed is Closed
+
+
+# -- batches: put_many of small items shares records; getters take them partly ----------
+
+
+def rows(n: int, tag: str = "r") -> list[dict[str, object]]:
+    return [{"tag": tag, "i": i, "name": f"row-{i}", "ok": i % 2 == 0} for i in range(n)]
+
+
+def test_get_one_at_a_time_from_batches(make: Callable[[int], Channel[Any]]) -> None:
+    q = make(1000)
+    items = rows(300)
+    q.put_many(items)
+    got = []
+    for k in range(300):
+        assert q.qsize() == 300 - k
+        got.append(q.get())
+    assert got == items
+    assert q.qsize() == 0
+    with pytest.raises(queue.Empty):
+        q.get(block=False)
+
+
+def test_get_many_smaller_and_larger_than_batches(make: Callable[[int], Channel[Any]]) -> None:
+    q = make(1000)
+    items = rows(500)
+    q.put_many(items[:250])
+    q.put_many(items[250:])
+    got: list[Any] = []
+    sizes = [1, 3, 7, 50, 200, 1000]
+    k = 0
+    while len(got) < len(items):
+        size = sizes[k % len(sizes)]
+        chunk = q.get_many(size)
+        assert 1 <= len(chunk) <= size
+        got.extend(chunk)
+        assert q.qsize() == len(items) - len(got)
+        k += 1
+    assert got == items
+
+
+def test_batch_and_single_putters_keep_each_producers_order(
+    make: Callable[[int], Channel[Any]],
+) -> None:
+    q = make(64)
+    per = 400
+
+    def put_batches(p: int) -> None:
+        for i in range(0, per, 25):
+            q.put_many([{"p": p, "i": j, "pad": "x" * (j % 50)} for j in range(i, i + 25)])
+
+    def put_singly(p: int) -> None:
+        for i in range(per):
+            q.put({"p": p, "i": i})
+
+    def put_mixed(p: int) -> None:
+        for i in range(0, per, 10):
+            batch: list[Any] = [{"p": p, "i": j} for j in range(i, i + 10)]
+            batch[3] = {"p": p, "i": i + 3, "big": b"z" * 20_000}  # alone, out of band
+            batch[6] = {"p": p, "i": i + 6, "set": {1, 2}}  # not plain data: alone
+            q.put_many(batch)
+
+    def take(step: int) -> list[Any]:
+        got: list[Any] = []
+        while True:
+            try:
+                got.extend([q.get()] if step == 1 else q.get_many(step))
+            except Closed:
+                return got
+
+    getters = [Worker(lambda s=s: take(s)) for s in (1, 5, 40)]  # type: ignore[misc]
+    putters = [
+        Worker(lambda: put_batches(0)),
+        Worker(lambda: put_singly(1)),
+        Worker(lambda: put_mixed(2)),
+        Worker(lambda: put_batches(3)),
+    ]
+    for w in putters:
+        w.outcome()
+    q.close()
+    results: list[list[Any]] = [w.outcome() for w in getters]  # type: ignore[misc]
+    everything = sorted((x["p"], x["i"]) for r in results for x in r)
+    assert everything == [(p, i) for p in range(4) for i in range(per)]
+    for r in results:
+        for p in range(4):
+            seq = [x["i"] for x in r if x["p"] == p]
+            assert seq == sorted(seq)
+
+
+def test_close_with_a_batch_partly_taken(make: Callable[[int], Channel[Any]]) -> None:
+    q = make(100)
+    one = Worker(q.get)
+    some = Worker(lambda: q.get_many(3))
+    items = rows(40)
+    q.put_many(items)
+    first: list[Any] = [one.outcome(), *some.outcome()]  # type: ignore[misc]
+    assert 2 <= len(first) <= 4
+    q.close()
+    with pytest.raises(Closed):
+        q.put_many(rows(3))
+    rest: list[Any] = []
+    while True:
+        try:
+            rest.extend(q.get_many(7))
+        except Closed:
+            break
+    assert sorted(first + rest, key=lambda x: x["i"]) == items
+    assert q.qsize() == 0
+    with pytest.raises(Closed):
+        q.get()
+
+
+def test_close_wakes_getters_of_an_empty_channel_after_batches(
+    make: Callable[[int], Channel[Any]],
+) -> None:
+    q = make(100)
+    q.put_many(rows(10))
+    assert len(q.get_many(10)) == 10
+    getters = [Worker(q.get), Worker(lambda: q.get_many(5))]
+    q.close()
+    for w in getters:
+        with pytest.raises(Closed):
+            w.outcome()

@@ -698,3 +698,124 @@ def test_no_shared_memory_is_left_behind(spawn_child: Callable[..., Child]) -> N
     swept = spawn_child(make_a_channel_and_list_segments).outcome()
     assert not [n for n in swept if n.startswith(f"conveyor-{dead.proc.pid}-")]
     assert not segments_of(me, dead.proc.pid)
+
+
+# -- batch records ---------------------------------------------------------------------
+
+
+def records(ch: ProcessChannel[Any]) -> list[tuple[int, int]]:
+    """``(kind, items)`` of each record in the channel."""
+    out = []
+    for at, header in ch._records(ch._ctl[_shm._HEAD], ch._ctl[_shm._TAIL]):
+        kind = (header >> _shm._KIND_SHIFT) & 0xF
+        out.append((kind, ch._count(at) - ch._claimed(at) if kind == _shm._BATCH else 1))
+    return out
+
+
+def take_one_by_one(ch: ProcessChannel[Any], n: int) -> list[Any]:
+    return [ch.get(timeout=JOIN) for _ in range(n)]
+
+
+def claim_and_die(ch: ProcessChannel[Any], all_of_it: bool) -> None:
+    """Claim items of the batch at the head inside a commit and die before it ends: with
+    all_of_it, claim them all without moving the head; else claim one without counting it."""
+    ch._mutex.acquire()
+    head = ch._ctl[_shm._HEAD]
+    ch._ctl[_shm._OP] = _shm._OP_GET
+    claimed = ch._count(head) if all_of_it else ch._claimed(head) + 1
+    _shm._U64.pack_into(ch._ring, (head + _shm._HDR) % ch._size, claimed)
+    os._exit(0)
+
+
+def test_put_many_of_small_items_makes_batch_records() -> None:
+    ch: ProcessChannel[Any] = ProcessChannel(1000)
+    ch.put_many([{"i": i} for i in range(300)])
+    assert records(ch) == [(_shm._BATCH, 128), (_shm._BATCH, 128), (_shm._BATCH, 44)]
+    # a batch holds at most a quarter of maxsize; one item alone is a plain record
+    small: ProcessChannel[Any] = ProcessChannel(8)
+    small.put_many([{"i": i} for i in range(5)])
+    assert records(small) == [(_shm._BATCH, 2), (_shm._BATCH, 2), (_shm._PICKLE, 1)]
+    assert small.qsize() == 5
+    # items that are not plain data, or large, go in alone and split the batches
+    ch.get_many(1000)
+    ch.put_many([1, 2, {3}, 4, 5, b"x" * 2000, 6, 7, b"y" * 20_000])
+    assert [k for k, _ in records(ch)] == [3, 0, 3, 0, 3, 1]
+    assert ch.get_many(100) == [1, 2, {3}, 4, 5, b"x" * 2000, 6, 7]
+    assert ch.get() == b"y" * 20_000
+
+
+def test_batched_items_share_nothing() -> None:
+    q: ProcessChannel[Any] = ProcessChannel(100)
+    shared = [1, 2]
+    same = {"a": shared}
+    q.put_many([same, same, {"b": shared}, {"x": shared, "y": shared}])
+    got = q.get_many(10)
+    assert got == [same, same, {"b": shared}, {"x": shared, "y": shared}]
+    got[0]["a"].append(3)  # a getter owns what it got, as if each item came alone
+    assert got[1] == {"a": [1, 2]}
+    assert got[2] == {"b": [1, 2]}
+    assert got[0] is not got[1]
+    assert got[3]["x"] is got[3]["y"]  # sharing inside one item is kept
+
+
+def test_a_batch_shared_by_getters_of_two_processes(spawn_child: Callable[..., Child]) -> None:
+    ch: ProcessChannel[Any] = ProcessChannel(1000)
+    items = [{"i": i, "s": str(i)} for i in range(100)]
+    ch.put_many(items)
+    assert records(ch) == [(_shm._BATCH, 100)]
+    mine = [ch.get(), *ch.get_many(9)]  # this process unpickled the batch and keeps it
+    theirs = spawn_child(take_one_by_one, ch, 40).outcome()
+    mine += ch.get_many(1000)
+    assert mine + theirs != items  # the child took the middle
+    assert mine[:10] + theirs + mine[10:] == items
+    assert ch.qsize() == 0
+    assert records(ch) == []
+
+
+def test_the_bytes_bound_holds_with_batches() -> None:
+    ch: ProcessChannel[Any] = ProcessChannel(10_000, buffer_bytes=4096)
+    items = [{"i": i, "pad": "p" * (i % 300)} for i in range(3000)]
+    putter = threading.Thread(target=ch.put_many, args=(items,), daemon=True)
+    putter.start()
+    got: list[Any] = []
+    while len(got) < len(items):
+        assert ch._ctl[_shm._TAIL] - ch._ctl[_shm._HEAD] <= 4096
+        got.extend(ch.get_many(1 + len(got) % 50, timeout=JOIN))
+    putter.join(JOIN)
+    assert got == items
+
+
+def test_a_batch_waiting_for_room_goes_in_after_the_channel_shrinks() -> None:
+    ch: ProcessChannel[int] = ProcessChannel(400)
+    ch.put_many(range(400))  # four batches of 100
+    putter = threading.Thread(target=ch.put_many, args=(range(400, 500),), daemon=True)
+    putter.start()
+    wait_until(lambda: ch._ctl[_PUT_WAITERS] == 1, "the put_many waits")
+    ch._set_maxsize(10)
+    got = [ch.get(timeout=JOIN) for _ in range(500)]
+    putter.join(JOIN)
+    assert got == list(range(500))
+    assert ch.qsize() == 0
+
+
+@pytest.mark.parametrize("all_of_it", [False, True])
+def test_a_get_that_died_claiming_part_of_a_batch_is_repaired(
+    spawn_child: Callable[..., Child], all_of_it: bool
+) -> None:
+    ch: ProcessChannel[Any] = ProcessChannel(100)
+    ch.put_many([{"i": i} for i in range(10)])
+    ch.put({"i": 10})
+    assert ch.get() == {"i": 0}
+    dying = spawn_child(claim_and_die, ch, all_of_it)
+    dying.proc.join(JOIN)
+    assert dying.proc.exitcode == 0
+    # the claim was written: those items left with the dead process
+    rest = list(range(10, 11)) if all_of_it else list(range(2, 11))
+    assert ch.stats().size == len(rest)  # taking the lock repairs the count
+    assert ch.qsize() == len(rest)
+    assert [x["i"] for x in ch.get_many(100, timeout=JOIN)] == rest
+    assert ch._ctl[_shm._REPAIRS] == 1
+    s = ch.stats()
+    assert (s.size, s.put_count, s.get_count) == (0, 11, 11)
+    ch.put_many([{"after": i} for i in range(3)])
+    assert ch.get_many(5) == [{"after": i} for i in range(3)]

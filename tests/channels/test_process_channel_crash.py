@@ -2,11 +2,13 @@
 
 Producers and consumers run in child processes and are killed with SIGKILL at
 random moments (after a random number of further puts) and replaced, while the
-parent takes items too. Whatever was interrupted, no record may be read half
-written (every item carries its checksum; a consumer that sees a bad one exits
-with status 3), each producer's items come out in its order, and at the end the
-channel still works for new processes. ``CONVEYOR_CHAOS_KILLS`` sets the number
-of kills (default 60).
+parent takes items too. Producers put one item or a put_many of up to 12, about half
+of them small enough to share batch records, which getters take partly (get() and
+get_many(7)): kills fall inside batch handling too. Whatever was interrupted, no
+record may be read half written (every item carries its checksum; a consumer that
+sees a bad one exits with status 3), each producer's items come out in its order,
+and at the end the channel still works for new processes. ``CONVEYOR_CHAOS_KILLS``
+sets the number of kills (default 60).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ Item = tuple[int, int, bytes, int]
 
 
 def make_item(tag: int, i: int, rnd: random.Random) -> Item:
-    size = 100_000 if rnd.random() < 0.02 else rnd.randint(0, 3000)  # some go to segments
+    # some go to segments, some go out of band, about half are small enough for batches
+    r = rnd.random()
+    size = 100_000 if r < 0.02 else rnd.randint(0, 3000) if r < 0.5 else rnd.randint(0, 300)
     payload = rnd.randbytes(size)
     return (tag, i, payload, zlib.crc32(payload))
 
@@ -53,7 +57,7 @@ def chaos_producer(ch: ProcessChannel[Item]) -> None:
     rnd = random.Random(tag)
     i = 0
     while True:
-        n = rnd.randint(1, 5)
+        n = rnd.randint(1, 12)  # batch records of up to 8 (a quarter of maxsize)
         batch = [make_item(tag, j, rnd) for j in range(i, i + n)]
         try:
             if n == 1:

@@ -4,10 +4,11 @@
  * Python bytecode for each slot of the control block.
  *
  * Everything here mirrors _shm.py, which stays the reference and the fallback: the
- * memory layout, the record format and the commit protocol are the same, and every
- * case these functions do not handle (a full or empty channel, a closed or failed
- * one, a record that is not a plain pickle, a lock whose owner died) is handed back
- * to the Python code *with the lock held*, which goes on from there.
+ * memory layout, the record formats (plain and batch records) and the commit protocol
+ * are the same, and every case these functions do not handle (a full or empty
+ * channel, a closed or failed one, a record that is neither a plain pickle nor a
+ * batch, a lock whose owner died) is handed back to the Python code *with the lock
+ * held*, which goes on from there.
  *
  * Each function takes the channel's base address, its ring size and the lock's
  * after_lock(rc) (RobustMutex.after_lock: it repairs the channel when the lock's
@@ -36,6 +37,11 @@
 #define RING_AT 4096
 #define HDR 8
 #define LEN_MASK ((((uint64_t)1) << 48) - 1)
+#define KIND_SHIFT 48
+#define BATCH 3
+#define BATCH_AT 16 /* a batch record's body: claimed, count, then the pickle */
+#define BATCH_DEPTH 4
+#define BATCH_NODES 32
 
 enum {
     S_HEAD = 0,
@@ -108,11 +114,16 @@ commit_put(char *base, slot_t *ctl, int64_t tail, int64_t items)
         wake(base, 0, 1);
 }
 
+/* claim >= 0: the position of the batch record at the new head, of which `claimed`
+ * items are now taken */
 static void
-commit_get(char *base, slot_t *ctl, int64_t head, int64_t items)
+commit_get(char *base, uint64_t size, slot_t *ctl, int64_t head, int64_t items, int64_t claim,
+           int64_t claimed)
 {
     BARRIER();
     ctl[S_OP] = OP_GET;
+    if (claim >= 0)
+        *(volatile int64_t *)(base + RING_AT + (uint64_t)(claim + HDR) % size) = claimed;
     ctl[S_HEAD] = head;
     ctl[S_GETS] = ctl[S_GETS] + items;
     ctl[S_OP] = 0;
@@ -207,29 +218,34 @@ ring_put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLong(0);
 }
 
-/* put_run(base, size, after_lock, blob, ends: list[int], start: int, index: int)
+/* put_run(base, size, after_lock, blob, ends: list[int], counts: list[int], start: int,
+ *         index: int)
  *   Put as many of the records framed back to back in blob as fit, from record
- *   `index` (at byte `start`) on: -> the number put (>= 1), or -1 when none fit
- *   (see the top). */
+ *   `index` (at byte `start`) on; counts[i] is the number of items up to the end of
+ *   record i: -> the number of records put (>= 1), or -1 when none fit (see the top). */
 static PyObject *
 ring_put_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     char *base;
     uint64_t size;
-    if (parse_base(args, nargs, 7, "put_run", &base, &size) < 0)
+    if (parse_base(args, nargs, 8, "put_run", &base, &size) < 0)
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(args[3], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    PyObject *ends = args[4];
-    if (!PyList_CheckExact(ends)) {
+    PyObject *ends = args[4], *counts = args[5];
+    if (!PyList_CheckExact(ends) || !PyList_CheckExact(counts) ||
+        PyList_GET_SIZE(counts) != PyList_GET_SIZE(ends)) {
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_TypeError, "put_run() needs a list of ends");
+        PyErr_SetString(PyExc_TypeError, "put_run() needs lists of ends and counts");
         return NULL;
     }
-    Py_ssize_t start = PyLong_AsSsize_t(args[5]);
-    Py_ssize_t index = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t start = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t index = PyLong_AsSsize_t(args[7]);
     Py_ssize_t total = PyList_GET_SIZE(ends);
+    Py_ssize_t before = 0;
+    if (!PyErr_Occurred() && index > 0 && index < total)
+        before = PyLong_AsSsize_t(PyList_GET_ITEM(counts, index - 1));
     if (PyErr_Occurred() || index < 0 || index >= total || start < 0) {
         PyBuffer_Release(&view);
         if (!PyErr_Occurred())
@@ -243,13 +259,16 @@ ring_put_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     slot_t *ctl = (slot_t *)(base + CTL_AT);
     int64_t tail = ctl[S_TAIL];
     uint64_t free_bytes = size - (uint64_t)(tail - ctl[S_HEAD]);
-    int64_t count_room = ctl[S_MAXSIZE] - (ctl[S_PUTS] - ctl[S_GETS]);
+    int64_t waiting = ctl[S_PUTS] - ctl[S_GETS];
+    int64_t count_room = ctl[S_MAXSIZE] - waiting;
     Py_ssize_t j = index;
     Py_ssize_t end = start;
+    Py_ssize_t items = 0;
     if (!ctl[S_FAILED] && !ctl[S_CLOSED]) {
-        while (j < total && j - index < count_room) {
+        while (j < total) {
             Py_ssize_t e = PyLong_AsSsize_t(PyList_GET_ITEM(ends, j));
-            if (e < 0 || e > view.len) {
+            Py_ssize_t c = PyLong_AsSsize_t(PyList_GET_ITEM(counts, j)) - before;
+            if (e < 0 || e > view.len || c < 1) {
                 unlock(base);
                 PyBuffer_Release(&view);
                 if (!PyErr_Occurred())
@@ -258,7 +277,11 @@ ring_put_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             if ((uint64_t)(e - start) > free_bytes)
                 break;
+            /* a batch larger than maxsize (lowered since) goes into an empty channel */
+            if (c > count_room && !(j == index && waiting == 0))
+                break;
             end = e;
+            items = c;
             j++;
         }
     }
@@ -268,51 +291,221 @@ ring_put_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     ring_write(base + RING_AT, size, (uint64_t)tail, (const char *)view.buf + start,
                (uint64_t)(end - start));
-    commit_put(base, ctl, tail + (end - start), j - index);
+    commit_put(base, ctl, tail + (end - start), items);
     unlock(base);
     PyBuffer_Release(&view);
     return PyLong_FromSsize_t(j - index);
 }
 
-/* get(base, size, after_lock) -> bytes (a plain pickle), or -1 (see the top) */
+/* Items taken from one record: a plain pickle (count == 0) or some of a batch's. */
+typedef struct {
+    PyObject *data; /* the pickle copied out; NULL: the batch cached by the caller */
+    int64_t pos;    /* the record's stream position */
+    int64_t first;  /* a batch: the first item taken, how many, how many it holds */
+    int64_t m;
+    int64_t count;
+} piece_t;
+
+/* Take up to `limit` items from the plain and batch records at the head, into
+ * pieces[] (room for `limit`), and commit (lock held, at least one item there). Does
+ * not copy the pickle of the batch at `cached_pos`. -> the number of pieces (0: the
+ * head record is neither kind, nothing done), or -1 with an exception set and nothing
+ * committed. */
+static Py_ssize_t
+take(char *base, uint64_t size, int64_t limit, int64_t cached_pos, piece_t *pieces)
+{
+    slot_t *ctl = (slot_t *)(base + CTL_AT);
+    char *ring = base + RING_AT;
+    int64_t pos = ctl[S_HEAD], tail = ctl[S_TAIL], left = limit, claim = -1, claimed = 0;
+    Py_ssize_t np = 0;
+    while (left > 0 && pos < tail) {
+        uint64_t header = *(uint64_t *)(ring + (uint64_t)pos % size);
+        uint64_t kind = header >> KIND_SHIFT, n = header & LEN_MASK;
+        piece_t *p = &pieces[np];
+        p->pos = pos;
+        p->data = NULL;
+        if (kind == 0) {
+            p->data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+            if (p->data == NULL)
+                goto fail;
+            ring_read(ring, size, (uint64_t)pos + HDR, PyBytes_AS_STRING(p->data), n);
+            p->first = 0;
+            p->m = 1;
+            p->count = 0;
+            left--;
+            np++;
+        }
+        else if (kind == BATCH && n >= BATCH_AT) {
+            int64_t first = *(int64_t *)(ring + (uint64_t)(pos + HDR) % size);
+            int64_t count = *(int64_t *)(ring + (uint64_t)(pos + HDR + 8) % size);
+            if (first < 0 || first >= count) {
+                PyErr_SetString(PyExc_RuntimeError, "the channel's shared memory is corrupt");
+                goto fail;
+            }
+            int64_t m = count - first < left ? count - first : left;
+            if (pos != cached_pos) {
+                p->data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n - BATCH_AT));
+                if (p->data == NULL)
+                    goto fail;
+                ring_read(ring, size, (uint64_t)pos + HDR + BATCH_AT, PyBytes_AS_STRING(p->data),
+                          n - BATCH_AT);
+            }
+            p->first = first;
+            p->m = m;
+            p->count = count;
+            left -= m;
+            np++;
+            if (first + m < count) { /* the record stays, partly claimed */
+                claim = pos;
+                claimed = first + m;
+                break;
+            }
+        }
+        else {
+            break; /* out of band or a segment: for the Python code */
+        }
+        pos += (int64_t)(HDR + PAD(n));
+    }
+    if (np > 0)
+        commit_get(base, size, ctl, pos, limit - left, claim, claimed);
+    return np;
+fail:
+    for (Py_ssize_t i = 0; i < np; i++)
+        Py_XDECREF(pieces[i].data);
+    return -1;
+}
+
+/* The cache of the last batch unpickled, a list [(position, items)]: its position and
+ * items (borrowed from *snapshot, a new reference the caller releases) or -1. */
+static int64_t
+cache_snapshot(PyObject *cache, PyObject **snapshot, PyObject **items)
+{
+    *snapshot = NULL;
+    *items = NULL;
+    if (!PyList_CheckExact(cache) || PyList_GET_SIZE(cache) != 1)
+        return -1;
+    PyObject *t = PyList_GET_ITEM(cache, 0);
+    if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 2 ||
+        !PyList_CheckExact(PyTuple_GET_ITEM(t, 1)))
+        return -1;
+    int64_t pos = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 0));
+    if (pos == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_INCREF(t);
+    *snapshot = t;
+    *items = PyTuple_GET_ITEM(t, 1);
+    return pos;
+}
+
+/* Append (out != NULL) or return (out == NULL: the one item) the items of piece p,
+ * unpickled with loads, then update the cache: the batch is kept if items remain in it,
+ * forgotten if not. Consumes p->data. NULL on error (a new reference otherwise; with
+ * out, Py_None). */
+static PyObject *
+finish_piece(piece_t *p, PyObject *loads, PyObject *cache, PyObject *cached_items, PyObject *out)
+{
+    PyObject *result = NULL, *items;
+    if (p->count == 0) { /* a plain pickle */
+        PyObject *item = PyObject_Vectorcall(loads, &p->data, 1, NULL);
+        Py_CLEAR(p->data);
+        if (item == NULL || out == NULL)
+            return item;
+        int rc = PyList_Append(out, item);
+        Py_DECREF(item);
+        return rc < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    if (p->data == NULL) {
+        items = Py_NewRef(cached_items);
+    }
+    else {
+        items = PyObject_Vectorcall(loads, &p->data, 1, NULL);
+        Py_CLEAR(p->data);
+        if (items == NULL)
+            return NULL;
+    }
+    if (!PyList_CheckExact(items) || PyList_GET_SIZE(items) != p->count) {
+        PyErr_SetString(PyExc_RuntimeError, "a batch record does not hold what it says");
+        goto done;
+    }
+    if (out == NULL) {
+        result = Py_NewRef(PyList_GET_ITEM(items, p->first));
+    }
+    else {
+        for (int64_t i = p->first; i < p->first + p->m; i++)
+            if (PyList_Append(out, PyList_GET_ITEM(items, i)) < 0)
+                goto done;
+        result = Py_NewRef(Py_None);
+    }
+    PyObject *entry;
+    if (p->first + p->m < p->count) {
+        for (int64_t i = p->first; i < p->first + p->m; i++) /* not kept alive by the cache */
+            PyList_SetItem(items, i, Py_NewRef(Py_None));
+        entry = Py_BuildValue("(LO)", (long long)p->pos, items);
+    }
+    else {
+        PyObject *t = PyList_GET_ITEM(cache, 0);
+        if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 2 ||
+            PyLong_AsLongLong(PyTuple_GET_ITEM(t, 0)) != p->pos) {
+            PyErr_Clear();
+            goto done;
+        }
+        entry = Py_BuildValue("(iN)", -1, PyList_New(0));
+    }
+    if (entry == NULL || PyList_SetItem(cache, 0, entry) < 0)
+        Py_CLEAR(result);
+done:
+    Py_DECREF(items);
+    return result;
+}
+
+/* get(base, size, after_lock, loads, cache, handback) -> the next item (unpickled once the
+ *   lock is let go), or handback (see the top). cache: see cache_snapshot. */
 static PyObject *
 ring_get(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     char *base;
     uint64_t size;
-    if (parse_base(args, nargs, 3, "get", &base, &size) < 0)
+    if (parse_base(args, nargs, 6, "get", &base, &size) < 0)
         return NULL;
-    if (lock(base, args[2]) < 0)
-        return NULL;
-    slot_t *ctl = (slot_t *)(base + CTL_AT);
-    char *ring = base + RING_AT;
-    if (ctl[S_FAILED] || ctl[S_PUTS] - ctl[S_GETS] <= 0)
-        return PyLong_FromLong(-1);
-    int64_t head = ctl[S_HEAD];
-    uint64_t header = *(uint64_t *)(ring + (uint64_t)head % size);
-    if (header > LEN_MASK) /* not a plain pickle */
-        return PyLong_FromLong(-1);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)header);
-    if (out == NULL) {
-        unlock(base);
+    PyObject *loads = args[3], *cache = args[4], *snapshot, *cached_items;
+    int64_t cached_pos = cache_snapshot(cache, &snapshot, &cached_items);
+    if (lock(base, args[2]) < 0) {
+        Py_XDECREF(snapshot);
         return NULL;
     }
-    ring_read(ring, size, (uint64_t)head + HDR, PyBytes_AS_STRING(out), header);
-    commit_get(base, ctl, head + (int64_t)(HDR + PAD(header)), 1);
+    slot_t *ctl = (slot_t *)(base + CTL_AT);
+    piece_t piece;
+    Py_ssize_t np = 0;
+    if (!ctl[S_FAILED] && ctl[S_PUTS] - ctl[S_GETS] > 0) {
+        np = take(base, size, 1, cached_pos, &piece);
+        if (np < 0) {
+            unlock(base);
+            Py_XDECREF(snapshot);
+            return NULL;
+        }
+    }
+    if (np == 0) { /* empty, failed, or a record for the Python code */
+        Py_XDECREF(snapshot);
+        return Py_NewRef(args[5]);
+    }
     unlock(base);
-    return out;
+    PyObject *item = finish_piece(&piece, loads, cache, cached_items, NULL);
+    Py_XDECREF(snapshot);
+    return item;
 }
 
-/* take_run(base, size, after_lock, max_items, loads) -> list: the items of the plain
- *   pickles at the head, at most max_items, up to the first record that is not one
- *   (unpickled with loads once the lock is let go); or -1 (see the top) when there
- *   is none to take. */
+/* take_run(base, size, after_lock, max_items, loads, cache) -> list: up to max_items
+ *   items from the plain and batch records at the head, up to the first record of
+ *   another kind (unpickled with loads once the lock is let go); or -1 (see the top)
+ *   when there is none to take. */
 static PyObject *
 ring_take_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     char *base;
     uint64_t size;
-    if (parse_base(args, nargs, 5, "take_run", &base, &size) < 0)
+    if (parse_base(args, nargs, 6, "take_run", &base, &size) < 0)
         return NULL;
     Py_ssize_t max_items = PyLong_AsSsize_t(args[3]);
     if (max_items == -1 && PyErr_Occurred())
@@ -321,67 +514,240 @@ ring_take_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "take_run(): max_items < 1");
         return NULL;
     }
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
-        return NULL;
+    PyObject *loads = args[4], *cache = args[5], *snapshot, *cached_items;
+    int64_t cached_pos = cache_snapshot(cache, &snapshot, &cached_items);
+    piece_t one, *pieces = &one;
     if (lock(base, args[2]) < 0) {
-        Py_DECREF(out);
+        Py_XDECREF(snapshot);
         return NULL;
     }
     slot_t *ctl = (slot_t *)(base + CTL_AT);
-    char *ring = base + RING_AT;
-    if (ctl[S_FAILED] || ctl[S_PUTS] - ctl[S_GETS] <= 0) {
-        Py_DECREF(out);
-        return PyLong_FromLong(-1);
-    }
     int64_t available = ctl[S_PUTS] - ctl[S_GETS];
-    int64_t limit = available < max_items ? available : max_items;
-    int64_t head = ctl[S_HEAD];
-    int64_t pos = head;
-    int64_t taken = 0;
-    while (taken < limit) {
-        uint64_t header = *(uint64_t *)(ring + (uint64_t)pos % size);
-        if (header > LEN_MASK)
-            break;
-        PyObject *item = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)header);
-        if (item == NULL || PyList_Append(out, item) < 0) {
-            Py_XDECREF(item);
-            Py_DECREF(out);
-            unlock(base); /* nothing committed: the records stay */
-            return NULL;
-        }
-        Py_DECREF(item);
-        ring_read(ring, size, (uint64_t)pos + HDR, PyBytes_AS_STRING(item), header);
-        pos += (int64_t)(HDR + PAD(header));
-        taken++;
-    }
-    if (taken == 0) { /* the first record is not a plain pickle */
-        Py_DECREF(out);
+    if (ctl[S_FAILED] || available <= 0) {
+        Py_XDECREF(snapshot);
         return PyLong_FromLong(-1);
     }
-    commit_get(base, ctl, pos, taken);
-    unlock(base);
-    PyObject *loads = args[4];
-    for (Py_ssize_t i = 0; i < taken; i++) {
-        PyObject *data = PyList_GET_ITEM(out, i);
-        PyObject *item = PyObject_Vectorcall(loads, &data, 1, NULL);
-        if (item == NULL) {
-            Py_DECREF(out);
+    int64_t limit = available < max_items ? available : max_items;
+    if (limit > 1) {
+        pieces = PyMem_Malloc((size_t)limit * sizeof(piece_t));
+        if (pieces == NULL) {
+            unlock(base);
+            Py_XDECREF(snapshot);
+            return PyErr_NoMemory();
+        }
+    }
+    Py_ssize_t np = take(base, size, limit, cached_pos, pieces);
+    if (np <= 0) {
+        if (pieces != &one)
+            PyMem_Free(pieces);
+        Py_XDECREF(snapshot);
+        if (np < 0) {
+            unlock(base);
             return NULL;
         }
-        PyList_SET_ITEM(out, i, item);
-        Py_DECREF(data);
+        return PyLong_FromLong(-1); /* the first record is for the Python code */
     }
+    unlock(base);
+    PyObject *out = PyList_New(0);
+    Py_ssize_t i = 0;
+    if (out != NULL) {
+        for (; i < np; i++) {
+            PyObject *done = finish_piece(&pieces[i], loads, cache, cached_items, out);
+            if (done == NULL) {
+                Py_CLEAR(out);
+                i++;
+                break;
+            }
+            Py_DECREF(done);
+        }
+    }
+    for (; i < np; i++) /* after an error: the pieces not finished */
+        Py_XDECREF(pieces[i].data);
+    if (pieces != &one)
+        PyMem_Free(pieces);
+    Py_XDECREF(snapshot);
     return out;
 }
 
-/* frame(it, dumps, first_pickle, bufs, blob, ends, inline_max, run_bytes)
+/* Ids of the dicts and lists of the items of the batch being gathered: an open
+ * addressing set of pointers, so that items that share one go to different batches. */
+#define ID_SLOTS 2048
+#define ID_MAX 1024
+
+typedef struct {
+    void *slot[ID_SLOTS];
+    int used[ID_MAX];
+    int n;
+} idset_t;
+
+static int
+idset_find(idset_t *s, void *p)
+{
+    uintptr_t h = ((uintptr_t)p >> 4) * (uintptr_t)0x9E3779B97F4A7C15ULL;
+    int i = (int)(h >> 7) & (ID_SLOTS - 1);
+    while (s->slot[i] != NULL && s->slot[i] != p)
+        i = (i + 1) & (ID_SLOTS - 1);
+    return i;
+}
+
+static void
+idset_clear(idset_t *s)
+{
+    for (int k = 0; k < s->n; k++)
+        s->slot[s->used[k]] = NULL;
+    s->n = 0;
+}
+
+/* The pickle bytes of obj as a member of a batch (an upper bound, at most budget), or -1 if
+ * it may not join one: made of exact str, int, float, bool, None, bytes, tuple, list and
+ * dict, nested at most BATCH_DEPTH deep, at most BATCH_NODES dicts and lists (their ids
+ * go into ids[*nids]). Mirrors _batch_cost in _shm.py. */
+static Py_ssize_t
+batch_cost(PyObject *obj, int depth, Py_ssize_t budget, PyObject **ids, int *nids)
+{
+    PyTypeObject *t = Py_TYPE(obj);
+    if (t == &PyUnicode_Type) {
+        Py_ssize_t len = PyUnicode_GET_LENGTH(obj);
+        return 6 + (PyUnicode_IS_ASCII(obj) ? len : 4 * len);
+    }
+    if (t == &PyLong_Type) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+        return overflow ? -1 : (v >= -0x80000000LL && v < 0x80000000LL) ? 5 : 10;
+    }
+    if (t == &PyFloat_Type)
+        return 9;
+    if (t == &PyBool_Type || obj == Py_None)
+        return 1;
+    if (t == &PyBytes_Type)
+        return 6 + PyBytes_GET_SIZE(obj);
+    if (depth >= BATCH_DEPTH)
+        return -1;
+    Py_ssize_t cost = 4, c;
+    if (t == &PyTuple_Type) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(obj); i++) {
+            c = batch_cost(PyTuple_GET_ITEM(obj, i), depth + 1, budget - cost, ids, nids);
+            if (c < 0 || (cost += c) > budget)
+                return -1;
+        }
+        return cost;
+    }
+    if (t != &PyList_Type && t != &PyDict_Type)
+        return -1;
+    for (int k = 0; k < *nids; k++)
+        if (ids[k] == obj) /* met again inside the item: pickle's memo keeps it shared */
+            return 5;
+    if (*nids >= BATCH_NODES)
+        return -1;
+    ids[(*nids)++] = obj;
+    if (t == &PyList_Type) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(obj); i++) {
+            c = batch_cost(PyList_GET_ITEM(obj, i), depth + 1, budget - cost, ids, nids);
+            if (c < 0 || (cost += c) > budget)
+                return -1;
+        }
+        return cost;
+    }
+    Py_ssize_t at = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(obj, &at, &key, &value)) {
+        c = batch_cost(key, depth + 1, budget - cost, ids, nids);
+        if (c < 0 || (cost += c) > budget)
+            return -1;
+        c = batch_cost(value, depth + 1, budget - cost, ids, nids);
+        if (c < 0 || (cost += c) > budget)
+            return -1;
+    }
+    return cost;
+}
+
+/* Append a record (header word, optional batch words, pickle, padding) to blob, and its
+ * end and the items so far to ends and counts. */
+static int
+add_record(PyObject *blob, PyObject *ends, PyObject *counts, Py_ssize_t *done, PyObject *data,
+           Py_ssize_t items)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    Py_ssize_t extra = items > 1 ? BATCH_AT : 0;
+    Py_ssize_t body = extra + n;
+    Py_ssize_t at = PyByteArray_GET_SIZE(blob);
+    Py_ssize_t need = HDR + (Py_ssize_t)PAD((uint64_t)body);
+    if (PyByteArray_Resize(blob, at + need) < 0)
+        return -1;
+    char *p = PyByteArray_AS_STRING(blob) + at;
+    uint64_t words[3] = {(uint64_t)body | (extra ? (uint64_t)BATCH << KIND_SHIFT : 0), 0,
+                         (uint64_t)items};
+    memcpy(p, words, HDR + extra);
+    memcpy(p + HDR + extra, PyBytes_AS_STRING(data), (size_t)n);
+    memset(p + HDR + body, 0, (size_t)(need - HDR - body));
+    *done += items;
+    PyObject *end = PyLong_FromSsize_t(at + need);
+    if (end == NULL || PyList_Append(ends, end) < 0) {
+        Py_XDECREF(end);
+        return -1;
+    }
+    Py_DECREF(end);
+    PyObject *count = PyLong_FromSsize_t(*done);
+    if (count == NULL || PyList_Append(counts, count) < 0) {
+        Py_XDECREF(count);
+        return -1;
+    }
+    Py_DECREF(count);
+    return 0;
+}
+
+/* Write the items gathered in run as one batch record (one plain record for one item,
+ * or one each if the batch's pickle came out larger than batch_bytes), and empty it. */
+static int
+flush_run(PyObject *run, PyObject *dumps, PyObject *five, PyObject *blob, PyObject *ends,
+          PyObject *counts, Py_ssize_t *done, Py_ssize_t batch_bytes, idset_t *ids)
+{
+    Py_ssize_t k = PyList_GET_SIZE(run);
+    idset_clear(ids);
+    if (k == 0)
+        return 0;
+    int rc = -1;
+    if (k > 1) {
+        PyObject *call[2] = {run, five};
+        PyObject *data = PyObject_Vectorcall(dumps, call, 2, NULL);
+        if (data == NULL)
+            return -1;
+        if (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) <= batch_bytes) {
+            rc = add_record(blob, ends, counts, done, data, k);
+            Py_DECREF(data);
+            if (rc == 0)
+                rc = PyList_SetSlice(run, 0, k, NULL);
+            return rc;
+        }
+        Py_DECREF(data); /* more than estimated: one record each */
+    }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *call[2] = {PyList_GET_ITEM(run, i), five};
+        PyObject *data = PyObject_Vectorcall(dumps, call, 2, NULL);
+        if (data == NULL)
+            return -1;
+        rc = PyBytes_CheckExact(data) ? add_record(blob, ends, counts, done, data, 1) : -1;
+        if (rc < 0 && !PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "dumps() did not return bytes");
+        Py_DECREF(data);
+        if (rc < 0)
+            return -1;
+    }
+    return PyList_SetSlice(run, 0, k, NULL);
+}
+
+/* frame(it, dumps, first_pickle, bufs, blob, ends, counts,
+ *       (inline_max, run_bytes, batch_items, batch_bytes, item_max))
  *   Pickle items from the iterator `it` into records framed back to back at the end
- *   of the bytearray `blob`, appending each record's end offset to `ends`, until
- *   blob holds run_bytes or more (-> 0), the iterator is done (-> 1), or an item
- *   needs the Python code (-> (item, its pickle or None); its out-of-band buffers,
- *   if any, are in `bufs`). Exact int, float, str, bool, None and small bytes are
- *   pickled with dumps(item, 5); anything else with first_pickle(item, bufs.append). */
+ *   of the bytearray `blob`, appending each record's end offset to `ends` and the
+ *   number of items so far to `counts`, until blob holds run_bytes or more (-> 0), the
+ *   iterator is done (-> 1), or an item needs the Python code (-> (item, its pickle or
+ *   None); its out-of-band buffers, if any, are in `bufs`). Runs of up to batch_items
+ *   items of plain data (see batch_cost) of at most item_max bytes, sharing no dict or
+ *   list, become one batch record whose pickle (a list, dumps(run, 5)) is at most
+ *   batch_bytes. Of the other items, exact int, float, str, bool, None
+ *   and small bytes are pickled with dumps(item, 5); anything else with
+ *   first_pickle(item, bufs.append). Mirrors _pickled_runs_python in _shm.py. */
 static PyObject *
 ring_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -390,34 +756,81 @@ ring_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *it = args[0], *dumps = args[1], *first_pickle = args[2], *bufs = args[3];
-    PyObject *blob = args[4], *ends = args[5];
-    Py_ssize_t inline_max = PyLong_AsSsize_t(args[6]);
-    Py_ssize_t run_bytes = PyLong_AsSsize_t(args[7]);
-    if (PyErr_Occurred())
+    PyObject *blob = args[4], *ends = args[5], *counts = args[6];
+    Py_ssize_t inline_max, run_bytes, batch_items, batch_bytes, item_max;
+    if (!PyArg_ParseTuple(args[7], "nnnnn", &inline_max, &run_bytes, &batch_items, &batch_bytes,
+                          &item_max))
         return NULL;
     if (!PyIter_Check(it) || !PyByteArray_CheckExact(blob) || !PyList_CheckExact(ends) ||
-        !PyList_CheckExact(bufs)) {
+        !PyList_CheckExact(counts) || !PyList_CheckExact(bufs)) {
         PyErr_SetString(PyExc_TypeError, "frame(): bad arguments");
         return NULL;
     }
-    PyObject *append = PyObject_GetAttrString(bufs, "append");
-    if (append == NULL)
-        return NULL;
-    PyObject *five = PyLong_FromLong(5);
-    if (five == NULL) {
-        Py_DECREF(append);
-        return NULL;
+    Py_ssize_t done = 0;
+    if (PyList_GET_SIZE(counts) > 0) {
+        done = PyLong_AsSsize_t(PyList_GET_ITEM(counts, PyList_GET_SIZE(counts) - 1));
+        if (done == -1 && PyErr_Occurred())
+            return NULL;
     }
+    PyObject *append = PyObject_GetAttrString(bufs, "append");
+    PyObject *five = PyLong_FromLong(5);
+    PyObject *run = PyList_New(0);
+    idset_t *ids = PyMem_Calloc(1, sizeof(idset_t));
     PyObject *result = NULL;
+    if (append == NULL || five == NULL || run == NULL || ids == NULL) {
+        if (ids == NULL && !PyErr_Occurred())
+            PyErr_NoMemory();
+        goto out;
+    }
+    Py_ssize_t run_cost = 0;
     for (;;) {
         if (PyByteArray_GET_SIZE(blob) >= run_bytes) {
-            result = PyLong_FromLong(0);
+            if (flush_run(run, dumps, five, blob, ends, counts, &done, batch_bytes, ids) == 0)
+                result = PyLong_FromLong(0);
             break;
         }
         PyObject *item = PyIter_Next(it);
         if (item == NULL) {
-            if (!PyErr_Occurred())
+            if (!PyErr_Occurred() &&
+                flush_run(run, dumps, five, blob, ends, counts, &done, batch_bytes, ids) == 0)
                 result = PyLong_FromLong(1);
+            break;
+        }
+        if (batch_items > 1) {
+            PyObject *mine[BATCH_NODES];
+            int nmine = 0;
+            Py_ssize_t cost = batch_cost(item, 0, item_max, mine, &nmine);
+            if (cost >= 0 && cost <= item_max) {
+                int clash = PyList_GET_SIZE(run) >= batch_items ||
+                            run_cost + cost > batch_bytes - 32 || ids->n + nmine > ID_MAX;
+                for (int k = 0; k < nmine && !clash; k++)
+                    clash = ids->slot[idset_find(ids, mine[k])] != NULL;
+                if (clash) {
+                    run_cost = 0;
+                    if (flush_run(run, dumps, five, blob, ends, counts, &done, batch_bytes, ids) <
+                        0) {
+                        Py_DECREF(item);
+                        break;
+                    }
+                }
+                for (int k = 0; k < nmine; k++) {
+                    int i = idset_find(ids, mine[k]);
+                    if (ids->slot[i] == NULL) {
+                        ids->slot[i] = mine[k];
+                        ids->used[ids->n++] = i;
+                    }
+                }
+                run_cost += cost;
+                int rc = PyList_Append(run, item);
+                Py_DECREF(item);
+                if (rc < 0)
+                    break;
+                continue;
+            }
+        }
+        run_cost = 0;
+        if (flush_run(run, dumps, five, blob, ends, counts, &done, batch_bytes, ids) < 0) {
+            Py_DECREF(item);
             break;
         }
         PyTypeObject *t = Py_TYPE(item);
@@ -444,28 +857,16 @@ ring_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
         Py_DECREF(item);
-        Py_ssize_t n = PyBytes_GET_SIZE(data);
-        Py_ssize_t at = PyByteArray_GET_SIZE(blob);
-        Py_ssize_t need = HDR + (Py_ssize_t)PAD((uint64_t)n);
-        if (PyByteArray_Resize(blob, at + need) < 0) {
-            Py_DECREF(data);
-            break;
-        }
-        char *p = PyByteArray_AS_STRING(blob) + at;
-        uint64_t header = (uint64_t)n;
-        memcpy(p, &header, HDR);
-        memcpy(p + HDR, PyBytes_AS_STRING(data), (size_t)n);
-        memset(p + HDR + n, 0, (size_t)(need - HDR - n));
+        int rc = add_record(blob, ends, counts, &done, data, 1);
         Py_DECREF(data);
-        PyObject *end = PyLong_FromSsize_t(at + need);
-        if (end == NULL || PyList_Append(ends, end) < 0) {
-            Py_XDECREF(end);
+        if (rc < 0)
             break;
-        }
-        Py_DECREF(end);
     }
-    Py_DECREF(five);
-    Py_DECREF(append);
+out:
+    PyMem_Free(ids);
+    Py_XDECREF(run);
+    Py_XDECREF(five);
+    Py_XDECREF(append);
     return result;
 }
 
@@ -525,7 +926,8 @@ ring_exec(PyObject *m)
         PyModule_AddIntConstant(m, "FUTEX_AT", FUTEX_AT) < 0 ||
         PyModule_AddIntConstant(m, "RING_AT", RING_AT) < 0 ||
         PyModule_AddIntConstant(m, "MUTEX_SIZE", (long)sizeof(pthread_mutex_t)) < 0 ||
-        PyModule_AddIntConstant(m, "SLOTS", S_OP + 1) < 0)
+        PyModule_AddIntConstant(m, "SLOTS", S_OP + 1) < 0 ||
+        PyModule_AddIntConstant(m, "BATCH", BATCH) < 0)
         return -1;
     return 0;
 }

@@ -29,6 +29,15 @@ Kinds of record body:
   pickle, then the buffers' bytes. Each buffer is copied once in (from the object
   into the ring) and once out (into a fresh ``bytes``/``bytearray`` that the
   unpickled object then uses).
+* ``_BATCH``: several small items of one ``put_many``, pickled together as one list
+  (pickle's memo then writes and reads each dict key, class name, ... once per batch
+  instead of once per item). The body is ``claimed`` (int64), ``count`` (int64), then
+  the pickle. A batch record counts as ``count`` items for ``maxsize`` and ``qsize``, and
+  getters take its items a few at a time: ``claimed`` tells how many are gone. Only the
+  record at ``head`` can be partly claimed; it leaves the ring (``head`` moves past it)
+  with its last item. Items join a batch only if they share no mutable object with one
+  another (dicts, lists and tuples of them, of numbers, strings and small bytes), so
+  that the getter's items are as independent as if each had been pickled alone.
 * ``_SEGMENT``: an item whose record is larger than the ring. Its record is
   written to a file of its own in ``/dev/shm`` (``conveyor-<pid>-<random>``,
   ``pid`` being the channel's creator), and the ring carries its name. The getter
@@ -48,12 +57,21 @@ A process may die at any moment, the lock held or not. Records become visible
 only at the commit, which moves ``tail`` (or ``head``) and then the counter
 ``puts`` (or ``gets``), between ``op = _OP_PUT`` (or ``_OP_GET``) and ``op = 0``.
 So a record half-written or half-read by a dead process is never seen: it is
-outside ``[head, tail)``. The lock is robust: the next process to take it after
-its owner died is told so, and if ``op`` is set it counts the records between
-``head`` and ``tail`` to put the counter right (the only state a commit can leave
-half done), then wakes every sleeper. An item half-read by a process that died is
+outside ``[head, tail)``. A get that takes some of a batch record's items writes
+its ``claimed`` inside the same commit. The lock is robust: the next process to take
+it after its owner died is told so, and if ``op`` is set it counts the items between
+``head`` and ``tail`` (a batch record's unclaimed ones) to put the counter right and
+moves ``head`` past a batch record whose items are all claimed (the only state a
+commit can leave half done), then wakes every sleeper. An item half-read by a process that died is
 still in the channel for the next getter; one whose commit went through left
 with the process that took it, as if that process had died just after its get.
+
+Getters unpickle outside the lock: a get copies the records it took out under the
+lock, as a batch record may be released (and written over) by another getter as soon
+as the lock is let go. Each channel object keeps the last batch it unpickled (keyed
+by the record's stream position, which no other record ever has), so that a getter
+taking a batch's items one ``get()`` at a time unpickles it once, not once per item;
+a batch shared by getters of several processes is unpickled once in each.
 
 Waiting: a sleeper registers in ``get_waiters``/``put_waiters`` and reads its
 futex word under the lock, then lets the lock go and sleeps while the word is
@@ -120,6 +138,7 @@ _HDR = 8
 _PICKLE = 0
 _OOB = 1
 _SEGMENT = 2
+_BATCH = 3
 _LEN_BITS = 48
 _LEN_MASK = (1 << _LEN_BITS) - 1
 _KIND_SHIFT = _LEN_BITS
@@ -135,6 +154,22 @@ _RUN_BYTES = 64 * 1024
 # of at least _OOB_PART bytes re-pickled out of band.
 _OOB_MIN = 64 * 1024
 _OOB_PART = 16 * 1024
+# put_many gathers runs of up to _BATCH_ITEMS small items (and at most a quarter of
+# the channel's maxsize: getters of a small channel share its items, a batch's are
+# visible only once it is whole) into one batch record whose pickle is at most
+# _BATCH_BYTES (and a quarter of the ring). An item joins a batch if its pickle is at
+# most _BATCH_ITEM_MAX bytes (an upper bound is added up without pickling it) and it
+# is made of at most _BATCH_NODES dicts and lists, nested at most _BATCH_DEPTH deep.
+_BATCH_ITEMS = 128
+_BATCH_BYTES = 32 * 1024
+_BATCH_ITEM_MAX = 1024
+_BATCH_NODES = 32
+_BATCH_DEPTH = 4
+_BATCH_AT = 16  # a batch record's body: claimed, count, then the pickle
+_NOT_BATCHED: tuple[int, list[Any]] = (
+    -1,
+    [],
+)  # the per-channel cache of the last batch unpickled, when empty
 _MIN_BUFFER = 64
 _SLICE = 0.5  # seconds: the longest sleep before a sleeper looks again
 _SPINS = 200  # looks at the count (about 10 us) before a getter sleeps
@@ -158,8 +193,8 @@ def _load_native() -> Any:
         from . import _ring  # type: ignore[attr-defined]
     except ImportError:
         return None
-    layout = (_ring.CTL_AT, _ring.FUTEX_AT, _ring.RING_AT, _ring.SLOTS)
-    if layout != (_CTL_AT, _FUTEX_AT, _RING_AT, _OP + 1) or _ring.MUTEX_SIZE > MUTEX_BYTES:
+    layout = (_ring.CTL_AT, _ring.FUTEX_AT, _ring.RING_AT, _ring.SLOTS, _ring.BATCH)
+    if layout != (_CTL_AT, _FUTEX_AT, _RING_AT, _OP + 1, _BATCH) or _ring.MUTEX_SIZE > MUTEX_BYTES:
         return None  # built from another version of this file
     return _ring
 
@@ -491,6 +526,10 @@ class ProcessChannel(Channel[T]):
         self._mutex = RobustMutex(self._base, self._repair)
         self._after_lock = self._mutex.after_lock
         self._inline_max = min(_INLINE_MAX, size - 2 * _HDR)
+        self._batch_bytes = min(_BATCH_BYTES, size // 4)
+        # [(stream position, items)] of the last batch record this object unpickled
+        # and did not finish (taken items set to None)
+        self._cache: list[tuple[int, list[Any]]] = [_NOT_BATCHED]
         weakref.finalize(self, os.close, fd)
 
     # -- pickling: for multiprocessing.Process arguments -----------------------
@@ -515,11 +554,17 @@ class ProcessChannel(Channel[T]):
         ctl[_REPAIRS] += 1
         op = ctl[_OP]
         if op:
-            records = self._count_records(ctl[_HEAD], ctl[_TAIL])
+            head = ctl[_HEAD]
+            for at, header in self._records(head, ctl[_TAIL]):
+                if header >> _KIND_SHIFT != _BATCH or self._claimed(at) < self._count(at):
+                    break
+                head = at + _HDR + _pad(header & _LEN_MASK)  # all claimed: release it
+            ctl[_HEAD] = head
+            items = self._count_items(head, ctl[_TAIL])
             if op == _OP_PUT:
-                ctl[_PUTS] = ctl[_GETS] + records
+                ctl[_PUTS] = ctl[_GETS] + items
             else:
-                ctl[_GETS] = ctl[_PUTS] - records
+                ctl[_GETS] = ctl[_PUTS] - items
             ctl[_OP] = 0
         self._wake_everyone()
 
@@ -531,10 +576,21 @@ class ProcessChannel(Channel[T]):
             yield pos, header
             pos += _HDR + _pad(header & _LEN_MASK)
 
-    def _count_records(self, pos: int, tail: int) -> int:
+    def _claimed(self, pos: int) -> int:
+        """How many items of the batch record at ``pos`` are taken."""
+        return int(_U64.unpack_from(self._ring, (pos + _HDR) % self._size)[0])
+
+    def _count(self, pos: int) -> int:
+        """How many items the batch record at ``pos`` holds."""
+        return int(_U64.unpack_from(self._ring, (pos + _HDR + 8) % self._size)[0])
+
+    def _count_items(self, pos: int, tail: int) -> int:
         count, end = 0, pos
         for at, header in self._records(pos, tail):
-            count += 1
+            if header >> _KIND_SHIFT == _BATCH:
+                count += self._count(at) - self._claimed(at)
+            else:
+                count += 1
             end = at + _HDR + _pad(header & _LEN_MASK)
         if end != tail:  # cannot happen unless the memory was written by someone else
             self._fail_locked(RuntimeError("the channel's shared memory is corrupt"))
@@ -622,21 +678,27 @@ class ProcessChannel(Channel[T]):
 
     # -- put ------------------------------------------------------------------------
 
-    def _room(self) -> int:
+    def _has_room(self, need: int, items: int) -> bool:
+        """Whether a record of ``need`` bytes and ``items`` items may go in. (A batch
+        larger than maxsize, which was lowered after the batch was made, goes into an
+        empty channel.)"""
         ctl = self._ctl
-        if ctl[_PUTS] - ctl[_GETS] >= ctl[_MAXSIZE]:
-            return 0
-        return self._size - (ctl[_TAIL] - ctl[_HEAD])
+        waiting = ctl[_PUTS] - ctl[_GETS]
+        if waiting + items > ctl[_MAXSIZE] and waiting > 0:
+            return False
+        return self._size - (ctl[_TAIL] - ctl[_HEAD]) >= need
 
-    def _wait_for_room(self, need: int, block: bool, deadline: float | None, done: int) -> None:
-        """Return, lock held, once a record of ``need`` bytes may go in."""
+    def _wait_for_room(
+        self, need: int, block: bool, deadline: float | None, done: int, items: int = 1
+    ) -> None:
+        """Return, lock held, once a record of ``need`` bytes and ``items`` items may go in."""
         ctl = self._ctl
         while True:
             if ctl[_FAILED]:
                 self._raise_failure()
             if ctl[_CLOSED]:
                 raise Closed("put() on a closed channel")
-            if self._room() >= need:
+            if self._has_room(need, items):
                 return
             if not block or (deadline is not None and deadline - time.monotonic() <= 0):
                 raise Full(done)
@@ -730,7 +792,9 @@ class ProcessChannel(Channel[T]):
         # put_many holds neither the lock nor a pickled copy of everything.
         deadline: float | None = None
         done = -1
-        for blob, ends in _pickled_runs(items, self._inline_max, self._c):
+        batch_items = min(_BATCH_ITEMS, self._ctl[_MAXSIZE] // 4)
+        runs = _pickled_runs(items, self._inline_max, batch_items, self._batch_bytes, self._c)
+        for blob, ends, counts in runs:
             if done < 0:
                 deadline = _deadline(block, check_timeout(timeout))
                 done = 0
@@ -738,7 +802,7 @@ class ProcessChannel(Channel[T]):
                 self._put_encoded(blob, block, deadline, done)
                 done += 1
             else:
-                done = self._put_run(blob, ends, block, deadline, done)
+                done = self._put_run(blob, ends, counts, block, deadline, done)
         if done < 0:  # nothing to put
             self._mutex.acquire()
             try:
@@ -747,37 +811,51 @@ class ProcessChannel(Channel[T]):
                 self._mutex.release()
 
     def _put_run(
-        self, blob: bytearray, ends: list[int], block: bool, deadline: float | None, done: int
+        self,
+        blob: bytearray,
+        ends: list[int],
+        counts: list[int],
+        block: bool,
+        deadline: float | None,
+        done: int,
     ) -> int:
-        """Put the records framed back to back in ``blob``; returns the new ``done``."""
+        """Put the records framed back to back in ``blob`` (``counts[i]``: the items up
+        to the end of record ``i``); returns the new ``done``."""
         ctl = self._ctl
         view = memoryview(blob)
         i, total, start = 0, len(ends), 0
         mutex = self._mutex
         native = self._c
         while i < total:
+            before = counts[i - 1] if i else 0
             if native is not None:
-                put = native.put_run(self._base, self._size, self._after_lock, blob, ends, start, i)
+                put = native.put_run(
+                    self._base, self._size, self._after_lock, blob, ends, counts, start, i
+                )
                 if put > 0:
-                    done += put
                     i += put
+                    done += counts[i - 1] - before
                     start = ends[i - 1]
                     continue
                 # handed back with the lock held: no room, closed or failed
             else:
                 mutex.acquire()
             try:
-                self._wait_for_room(ends[i] - start, block, deadline, done)
+                self._wait_for_room(ends[i] - start, block, deadline, done, counts[i] - before)
                 tail = ctl[_TAIL]
                 free = self._size - (tail - ctl[_HEAD])
                 count_room = ctl[_MAXSIZE] - (ctl[_PUTS] - ctl[_GETS])
-                j = bisect_right(ends, start + free, i, min(total, i + count_room))
+                j = min(
+                    bisect_right(ends, start + free, i, total),
+                    bisect_right(counts, before + count_room, i, total),
+                )
+                j = max(j, i + 1)  # an oversized batch into an empty channel
                 end = ends[j - 1]
                 self._write(tail, view[start:end])
-                self._commit_put(tail + end - start, j - i)
+                self._commit_put(tail + end - start, counts[j - 1] - before)
             finally:
                 mutex.release()
-            done += j - i
+            done += counts[j - 1] - before
             i, start = j, end
         return done
 
@@ -797,9 +875,13 @@ class ProcessChannel(Channel[T]):
                 raise queue.Empty
             self._sleep(_GET_WAITERS, 0, deadline)
 
-    def _commit_get(self, head: int, items: int) -> None:
+    def _commit_get(self, head: int, items: int, claim: int = -1, claimed: int = 0) -> None:
+        """Commit a get: ``head`` moves, ``items`` are gone, and if ``claim`` is the
+        position of a batch record (the new head), ``claimed`` of its items are taken."""
         ctl = self._ctl
         ctl[_OP] = _OP_GET
+        if claim >= 0:
+            _U64.pack_into(self._ring, (claim + _HDR) % self._size, claimed)
         ctl[_HEAD] = head
         ctl[_GETS] += items
         ctl[_OP] = 0
@@ -817,9 +899,9 @@ class ProcessChannel(Channel[T]):
         address = self._base
         taken: Any
         if self._c is not None:
-            taken = self._c.get(address, size, self._after_lock)
-            if type(taken) is bytes:
-                return _loads(taken)  # type: ignore[no-any-return]
+            taken = self._c.get(address, size, self._after_lock, _loads, self._cache, _HANDBACK)
+            if taken is not _HANDBACK:
+                return taken  # type: ignore[no-any-return]
             # handed back with the lock held: empty, failed, or not a plain pickle
         else:
             rc = _mutex_lock(address)
@@ -834,14 +916,83 @@ class ProcessChannel(Channel[T]):
             need = _HDR + _pad(header & _LEN_MASK)
             if header <= _LEN_MASK and off + need <= size:  # a plain pickle, not wrapped
                 taken = ring[off + _HDR : off + _HDR + header].tobytes()
+            elif header >> _KIND_SHIFT == _BATCH:
+                cached = self._cache[0]
+                taken = self._take_locked(1, cached)
             else:
                 taken = self._read_record(head, header)
-            self._commit_get(head + need, 1)
+            if type(taken) is not _Taken:
+                self._commit_get(head + need, 1)
         finally:
             _mutex_unlock(address)
         if type(taken) is bytes:
             return _loads(taken)  # type: ignore[no-any-return]
+        if type(taken) is _Taken:
+            return self._unpickle_taken(taken, cached)[0]  # type: ignore[no-any-return]
         return _finish(taken)  # type: ignore[no-any-return]
+
+    def _take_locked(self, limit: int, cached: tuple[int, list[Any]]) -> _Taken:
+        """Take up to ``limit`` items (at least one is there) from the plain and batch
+        records at the head, and commit (lock held); they are unpickled later, by
+        ``_unpickle_taken``. ``cached`` is the cache as it was before the lock."""
+        ring, size = self._ring, self._size
+        head = pos = self._ctl[_HEAD]
+        tail = self._ctl[_TAIL]
+        plan: list[tuple[int, ...]] = []
+        left = limit
+        claim, claimed = -1, 0
+        copy_end = head  # what must be copied out: up to the last record not cached
+        while True:
+            (header,) = _U64.unpack_from(ring, pos % size)
+            kind = header >> _KIND_SHIFT
+            n = header & _LEN_MASK
+            end = pos + _HDR + _pad(n)
+            if kind == _PICKLE:
+                plan.append((pos, n))
+                left -= 1
+                copy_end = end
+            elif kind == _BATCH:
+                first, count = self._claimed(pos), self._count(pos)
+                m = min(left, count - first)
+                plan.append((pos, n, first, m, count))
+                left -= m
+                if cached[0] != pos:
+                    copy_end = end
+                if first + m < count:  # the record stays, partly claimed
+                    claim, claimed = pos, first + m
+                    break
+            else:
+                break  # out of band or a segment: for another get
+            pos = end
+            if left <= 0 or pos >= tail:
+                break
+        blob = self._read(head, copy_end - head) if copy_end > head else b""
+        self._commit_get(pos, limit - left, claim, claimed)
+        return _Taken(head, blob, plan)
+
+    def _unpickle_taken(self, taken: _Taken, cached: tuple[int, list[Any]]) -> list[Any]:
+        """The items of a ``_take_locked``, unpickled (lock not held)."""
+        view = memoryview(taken.blob)
+        head = taken.head
+        out: list[Any] = []
+        for piece in taken.plan:
+            if len(piece) == 2:
+                at, n = piece
+                out.append(_loads(view[at - head + _HDR : at - head + _HDR + n]))
+                continue
+            pos, n, first, m, count = piece
+            if cached[0] == pos:
+                items = cached[1]
+            else:
+                at = pos - head + _HDR
+                items = _loads(view[at + _BATCH_AT : at + n])
+            out.extend(items[first : first + m])
+            if first + m < count:
+                items[first : first + m] = [None] * m  # not kept alive by the cache
+                self._cache[0] = (pos, items)
+            elif self._cache[0][0] == pos:
+                self._cache[0] = _NOT_BATCHED
+        return out
 
     def _spin(self) -> None:
         """Look for an item a little before sleeping: a put that finds no sleeper makes
@@ -861,8 +1012,11 @@ class ProcessChannel(Channel[T]):
         ring = self._ring
         size = self._size
         mutex = self._mutex
+        cached = self._cache[0]
         if self._c is not None:
-            taken = self._c.take_run(self._base, size, self._after_lock, max_items, _loads)
+            taken = self._c.take_run(
+                self._base, size, self._after_lock, max_items, _loads, self._cache
+            )
             if type(taken) is list:
                 return taken
             # handed back with the lock held: empty, failed, or not a plain pickle
@@ -870,40 +1024,20 @@ class ProcessChannel(Channel[T]):
             mutex.acquire()
         try:
             self._wait_for_items(block, deadline)
-            head = pos = ctl[_HEAD]
+            cached = self._cache[0]
+            head = ctl[_HEAD]
             (header,) = _U64.unpack_from(ring, head % size)
-            if header >> _KIND_SHIFT:  # not a plain pickle: on its own
+            kind = header >> _KIND_SHIFT
+            if kind != _PICKLE and kind != _BATCH:  # on its own
                 taken = self._read_record(head, header)
                 self._commit_get(head + _HDR + _pad(header & _LEN_MASK), 1)
-                single = True
             else:
-                single = False
-                limit = min(max_items, ctl[_PUTS] - ctl[_GETS])
-                lens: list[int] = []
-                tail = ctl[_TAIL]
-                while True:
-                    n = header & _LEN_MASK
-                    lens.append(n)
-                    pos += _HDR + _pad(n)
-                    if len(lens) == limit or pos >= tail:
-                        break
-                    (header,) = _U64.unpack_from(ring, pos % size)
-                    if header >> _KIND_SHIFT:
-                        break
-                blob = self._read(head, pos - head)
-                self._commit_get(pos, len(lens))
+                taken = self._take_locked(min(max_items, ctl[_PUTS] - ctl[_GETS]), cached)
         finally:
             mutex.release()
-        if single:
-            return [_finish(taken)]
-        view = memoryview(blob)
-        out: list[T] = []
-        at = 0
-        loads = pickle.loads
-        for n in lens:
-            out.append(loads(view[at + _HDR : at + _HDR + n]))
-            at += _HDR + _pad(n)
-        return out
+        if type(taken) is _Taken:
+            return self._unpickle_taken(taken, cached)
+        return [_finish(taken)]
 
     # -- state ------------------------------------------------------------------------
 
@@ -1006,6 +1140,23 @@ class ProcessChannel(Channel[T]):
 # -- what a get finishes outside the lock ----------------------------------------------
 
 
+class _Taken:
+    """Items taken from plain and batch records, to unpickle once the lock is let go:
+    ``blob``, the records' bytes from stream position ``head`` on; ``plan``, one entry
+    per record, ``(position, pickle length)`` for a plain pickle, ``(position, body
+    length, first item taken, items taken, items in the record)`` for a batch."""
+
+    __slots__ = ("blob", "head", "plan")
+
+    def __init__(self, head: int, blob: bytes | bytearray, plan: list[tuple[int, ...]]) -> None:
+        self.head = head
+        self.blob = blob
+        self.plan = plan
+
+
+_HANDBACK = object()  # what the C hot paths return for a case they leave to Python
+
+
 class _SegmentRef:
     __slots__ = ("name",)
 
@@ -1049,60 +1200,166 @@ def _finish(taken: Any) -> Any:
     return pickle.loads(taken)
 
 
-def _pickled_runs(
-    items: Iterable[Any], inline_max: int, native: Any
-) -> Iterator[tuple[Any, list[int] | None]]:
-    """Frame plain pickles of up to ``inline_max`` bytes in runs: yield ``(records, their
-    end offsets)``, and ``(encoded item, None)`` for each item that goes in on its own.
+def _batch_cost(obj: Any, mine: dict[int, None], depth: int, budget: int) -> int:
+    """The pickle bytes of ``obj`` as a member of a batch (an upper bound, at most
+    ``budget``), or -1 if it may not join one. The ids of its dicts and lists go into
+    ``mine``."""
+    t = type(obj)
+    if t is str:
+        return 6 + (len(obj) if obj.isascii() else 4 * len(obj))
+    if t is int:
+        return 5 if -(2**31) <= obj < 2**31 else 10 if obj.bit_length() < 64 else -1
+    if t is float:
+        return 9
+    if t is bool or obj is None:
+        return 1
+    if t is bytes:
+        return 6 + len(obj)
+    if depth >= _BATCH_DEPTH or (t is not tuple and t is not list and t is not dict):
+        return -1
+    if t is not tuple:
+        if id(obj) in mine:  # met again inside the item: pickle's memo keeps it shared
+            return 5
+        if len(mine) >= _BATCH_NODES:
+            return -1
+        mine[id(obj)] = None
+    cost = 4
+    for member in obj.items() if t is dict else obj:
+        if t is dict:
+            key, member = member
+            c = _batch_cost(key, mine, depth + 1, budget - cost)
+            if c < 0:
+                return -1
+            cost += c
+        c = _batch_cost(member, mine, depth + 1, budget - cost)
+        if c < 0:
+            return -1
+        cost += c
+        if cost > budget:
+            return -1
+    return cost if cost <= budget else -1
 
-    An item with out-of-band buffers, or a large one, goes in on its own.
+
+def _batch_record(run: list[Any]) -> bytes:
+    """A batch record (header and padded body) of the items of ``run``."""
+    data = _dumps(run, 5)
+    n = _BATCH_AT + len(data)
+    return b"".join(
+        (_U64.pack(_header(n, _BATCH, 0)), bytes(8), _U64.pack(len(run)), data, _PADS[-n & 7])
+    )
+
+
+def _pickled_runs(
+    items: Iterable[Any], inline_max: int, batch_items: int, batch_bytes: int, native: Any
+) -> Iterator[tuple[Any, Any, Any]]:
+    """Frame small items in runs of records: yield ``(records, their end offsets, the
+    number of items up to each end)``, and ``(encoded item, None, None)`` for each item
+    that goes in on its own.
+
+    Runs of up to ``batch_items`` small items of plain data share a batch record (a
+    pickle of at most ``batch_bytes``); other
+    items with a plain pickle of up to ``inline_max`` bytes get a record each; an item
+    with out-of-band buffers, or a large one, goes in on its own.
     """
     if native is None:
-        yield from _pickled_runs_python(items, inline_max)
+        yield from _pickled_runs_python(items, inline_max, batch_items, batch_bytes)
         return
     it = iter(items)
     buf = bytearray()
     ends: list[int] = []
+    counts: list[int] = []
     bufs: list[Any] = []
+    limits = (inline_max, _RUN_BYTES, batch_items, batch_bytes, min(_BATCH_ITEM_MAX, batch_bytes))
     while True:
-        got = native.frame(it, _dumps, _first_pickle, bufs, buf, ends, inline_max, _RUN_BYTES)
+        got = native.frame(it, _dumps, _first_pickle, bufs, buf, ends, counts, limits)
         if ends:
-            yield buf, ends
-            buf, ends = bytearray(), []
+            yield buf, ends, counts
+            buf, ends, counts = bytearray(), [], []
         if type(got) is tuple:  # an item that goes in on its own
             item, data = got
-            yield _encode(item, data, bufs[:]), None
+            yield _encode(item, data, bufs[:]), None, None
             bufs.clear()
         elif got:  # no more items
             return
 
 
 def _pickled_runs_python(
-    items: Iterable[Any], inline_max: int
-) -> Iterator[tuple[Any, list[int] | None]]:
+    items: Iterable[Any], inline_max: int, batch_items: int, batch_bytes: int
+) -> Iterator[tuple[Any, Any, Any]]:
     buf = bytearray()
     ends: list[int] = []
+    counts: list[int] = []  # items up to each record's end
     first_pickle = _first_pickle
     pack = _U64.pack
     pads = _PADS
     bufs: list[Any] = []
     callback = bufs.append
+    run: list[Any] = []  # items gathered for a batch record
+    seen: dict[int, None] = {}  # ids of their dicts and lists
+    run_cost = 0
+    item_max = min(_BATCH_ITEM_MAX, batch_bytes)
+    done = 0
+
+    def add(data: bytes, items: int) -> None:
+        nonlocal done
+        done += items
+        buf.extend(data)
+        ends.append(len(buf))
+        counts.append(done)
+
+    def plain(data: bytes) -> bytes:
+        n = len(data)
+        return pack(n) + data + pads[-n & 7]
+
+    def flush() -> None:
+        nonlocal run_cost
+        if len(run) > 1:
+            record = _batch_record(run)
+            if len(record) <= _HDR + _BATCH_AT + batch_bytes + 8:
+                add(record, len(run))
+            else:  # more than estimated: one record each
+                for member in run:
+                    add(plain(_dumps(member, 5)), 1)
+        elif run:
+            add(plain(_dumps(run[0], 5)), 1)
+        run.clear()
+        seen.clear()
+        run_cost = 0
+
     for item in items:
+        if batch_items > 1:
+            mine: dict[int, None] = {}
+            cost = _batch_cost(item, mine, 0, item_max)
+            if 0 <= cost <= item_max:
+                if (
+                    len(run) >= batch_items
+                    or run_cost + cost > batch_bytes - 32  # the list's own opcodes
+                    or not seen.keys().isdisjoint(mine)
+                ):
+                    flush()
+                run.append(item)
+                seen.update(mine)
+                run_cost += cost
+                if len(buf) >= _RUN_BYTES:
+                    yield buf, ends, counts
+                    buf, ends, counts = bytearray(), [], []
+                    done = 0
+                continue
+        flush()
         data = first_pickle(item, callback)
         if data is None or bufs or len(data) > inline_max:
             if ends:
-                yield buf, ends
-                buf, ends = bytearray(), []
-            yield _encode(item, data, bufs[:]), None
+                yield buf, ends, counts
+                buf, ends, counts = bytearray(), [], []
+                done = 0
+            yield _encode(item, data, bufs[:]), None, None
             bufs.clear()
         else:
-            n = len(data)
-            buf += pack(n)
-            buf += data
-            buf += pads[-n & 7]
-            ends.append(len(buf))
-            if len(buf) >= _RUN_BYTES:
-                yield buf, ends
-                buf, ends = bytearray(), []
+            add(plain(data), 1)
+        if len(buf) >= _RUN_BYTES:
+            yield buf, ends, counts
+            buf, ends, counts = bytearray(), [], []
+            done = 0
+    flush()
     if ends:
-        yield buf, ends
+        yield buf, ends, counts

@@ -151,7 +151,21 @@ class ItemTimeout(PipelineError, TimeoutError):
         return (type(self), (self.stage, self.worker, self.item, self.timeout))
 
 
-class Stalled(PipelineError):
+class _StallReport(Exception):
+    """What a stall report carries: the message, the workers, the setting exceeded."""
+
+    def __init__(
+        self, message: str, workers: Sequence[Any] = (), stall_timeout: float = 0.0
+    ) -> None:
+        super().__init__(message)
+        self.workers = tuple(workers)
+        self.stall_timeout = stall_timeout
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.workers, self.stall_timeout))
+
+
+class Stalled(_StallReport, PipelineError):
     """No stage made progress for ``stall_timeout`` seconds while items were pending
     (``run(stall_timeout=...)``), and the run was stopped.
 
@@ -160,30 +174,10 @@ class Stalled(PipelineError):
     records; ``stall_timeout`` is the setting that was exceeded.
     """
 
-    def __init__(
-        self, message: str, workers: Sequence[Any] = (), stall_timeout: float = 0.0
-    ) -> None:
-        super().__init__(message)
-        self.workers = tuple(workers)
-        self.stall_timeout = stall_timeout
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (str(self), self.workers, self.stall_timeout))
-
-
-class StallWarning(RuntimeWarning):
+class StallWarning(_StallReport, RuntimeWarning):
     """A stall, with ``run(on_stall="warn")``: emitted once per stall episode, and the
     run goes on. The message is the report; ``workers`` as :class:`Stalled`'s."""
-
-    def __init__(
-        self, message: str, workers: Sequence[Any] = (), stall_timeout: float = 0.0
-    ) -> None:
-        super().__init__(message)
-        self.workers = tuple(workers)
-        self.stall_timeout = stall_timeout
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (str(self), self.workers, self.stall_timeout))
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -525,10 +525,4 @@ def _here() -> Site:
 
 
 def _caller() -> str:
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None and (
-        os.path.dirname(frame.f_code.co_filename) == _HERE
-        or frame.f_code.co_filename == threading.__file__
-    ):
-        frame = frame.f_back
-    return "?" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
+    return _site(_here())

@@ -241,6 +241,23 @@ def test_state_writers_stay_on_threads(target: Any, reason: str) -> None:
     assert stage.decision.startswith("thread: writes this process's state: ")
 
 
+_SHARED_COUNTS = cv.shared.Dict({"num": 0})
+_SHARED_DONE = cv.shared.Counter(0)
+
+
+def _updates_shared_state(x: int) -> int:
+    _SHARED_COUNTS.update("num", lambda v: v + 1)
+    return _SHARED_DONE.add(1)
+
+
+def test_conveyor_shared_objects_are_not_this_process_s_state() -> None:
+    """Their writes reach every process: no reason to stay on threads."""
+    assert shared_state_reason(_updates_shared_state) is None
+    assert shared_state_reason(_SHARED_DONE.add) is None
+    assert shared_state_reason(functools.partial(_first_of_two, _SHARED_COUNTS)) is None
+    assert static_choice(_updates_shared_state, is_async=False, sendable_error=None) is None
+
+
 def test_nonlocal_assignment_is_a_state_write() -> None:
     count = 0
 

@@ -102,7 +102,10 @@ def _describe(obj: object) -> str:
 
 
 def _is_mutable_object(obj: object) -> bool:
-    """A container or an instance whose state a method could change."""
+    """A container or an instance whose state a method could change in this process
+    only (``conveyor.shared`` objects change the same memory in every process)."""
+    if getattr(type(obj), "__conveyor_process_shared__", False):
+        return False
     if isinstance(obj, _MUTABLE):
         return True
     if isinstance(obj, (*_IMMUTABLE, types.ModuleType, type, types.FunctionType)):

@@ -287,6 +287,8 @@ class Counter(Generic[N]):
     ``multiprocessing.Process``: every process sees the same number.
     """
 
+    __conveyor_process_shared__ = True  # kind="auto": writes reach every process
+
     __slots__ = ("__weakref__", "_base", "_float", "_segment", "_slots")
 
     @overload
@@ -494,6 +496,8 @@ class Dict(Generic[K, V]):
     (1 MiB by default); a write that does not fit raises :class:`CapacityError`, and
     changes nothing.
     """
+
+    __conveyor_process_shared__ = True  # kind="auto": writes reach every process
 
     __slots__ = (
         "__weakref__",

@@ -4,6 +4,7 @@ only catches hangs."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -202,3 +203,19 @@ def test_a_missing_script_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "no such file" in proc.stderr
+
+
+def test_a_module_with_dash_m(tmp_path: Path) -> None:
+    (tmp_path / "seedmod.py").write_text(SEED_SERIAL, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "conveyor", "doctor", "-m", "seedmod"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        encoding="utf-8",
+        timeout=HANG_TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "seedmod: 1 problem found." in proc.stderr
+    assert "inversion: lock order inversion: mutexA (made at " in proc.stderr

@@ -377,13 +377,18 @@ fail:
 
 /* The cache of the last batch unpickled, a list [(position, items)]: its position and
  * items (borrowed from *snapshot, a new reference the caller releases) or -1. */
+/* Without the GIL, the cache list is read and replaced under its critical section. */
+#ifdef Py_GIL_DISABLED
+#define CACHE_BEGIN(cache) Py_BEGIN_CRITICAL_SECTION(cache)
+#define CACHE_END() Py_END_CRITICAL_SECTION()
+#else
+#define CACHE_BEGIN(cache) {
+#define CACHE_END() }
+#endif
+
 static int64_t
-cache_snapshot(PyObject *cache, PyObject **snapshot, PyObject **items)
+cache_snapshot_locked(PyObject *cache, PyObject **snapshot, PyObject **items)
 {
-    *snapshot = NULL;
-    *items = NULL;
-    if (!PyList_CheckExact(cache) || PyList_GET_SIZE(cache) != 1)
-        return -1;
     PyObject *t = PyList_GET_ITEM(cache, 0);
     if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 2 ||
         !PyList_CheckExact(PyTuple_GET_ITEM(t, 1)))
@@ -396,6 +401,20 @@ cache_snapshot(PyObject *cache, PyObject **snapshot, PyObject **items)
     Py_INCREF(t);
     *snapshot = t;
     *items = PyTuple_GET_ITEM(t, 1);
+    return pos;
+}
+
+static int64_t
+cache_snapshot(PyObject *cache, PyObject **snapshot, PyObject **items)
+{
+    *snapshot = NULL;
+    *items = NULL;
+    if (!PyList_CheckExact(cache) || PyList_GET_SIZE(cache) != 1)
+        return -1;
+    int64_t pos;
+    CACHE_BEGIN(cache);
+    pos = cache_snapshot_locked(cache, snapshot, items);
+    CACHE_END();
     return pos;
 }
 
@@ -445,12 +464,14 @@ finish_piece(piece_t *p, PyObject *loads, PyObject *cache, PyObject *cached_item
         entry = Py_BuildValue("(LO)", (long long)p->pos, items);
     }
     else {
-        PyObject *t = PyList_GET_ITEM(cache, 0);
-        if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 2 ||
-            PyLong_AsLongLong(PyTuple_GET_ITEM(t, 0)) != p->pos) {
-            PyErr_Clear();
-            goto done;
-        }
+        int64_t cached_pos;
+        PyObject *snapshot = NULL, *ignored = NULL;
+        CACHE_BEGIN(cache);
+        cached_pos = cache_snapshot_locked(cache, &snapshot, &ignored);
+        CACHE_END();
+        Py_XDECREF(snapshot);
+        if (cached_pos != p->pos)
+            goto done; /* the cache holds another batch: keep it */
         entry = Py_BuildValue("(iN)", -1, PyList_New(0));
     }
     if (entry == NULL || PyList_SetItem(cache, 0, entry) < 0)

@@ -475,7 +475,10 @@ class ProcessChannel(Channel[T]):
     blocks the channel nor corrupts it for the others.
 
     ``put_many`` pickles its items a run at a time as they go in, so an item that
-    cannot be pickled raises after the items before it went in. Items are
+    cannot be pickled raises after the items before it went in. Runs of small items
+    of plain data share a batch record (see the module docstring): a ``put_many``
+    with ``block=False`` puts a batch whole or not at all, so ``Full.put_count`` may
+    be lower than the room there was. Items are
     unpickled by the getter; one that cannot be unpickled there is lost (with the
     rest of its ``get_many``) and its error raised.
     """

@@ -4,6 +4,7 @@ where the owner took the lock."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -17,6 +18,27 @@ from tests.sync_implementations import lock_implementation  # noqa: F401 (autous
 
 JOIN = 30.0  # only reached if something hangs
 PAIRS = [("Lock", threading.Lock), ("RLock", threading.RLock)]
+
+
+@contextlib.contextmanager
+def held_by_another_thread(lock: sync.Lock | sync.RLock) -> Iterator[None]:
+    """Inside the block, another thread holds ``lock``; after it, the lock is free."""
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            done.wait(JOIN)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(JOIN)
+    try:
+        yield
+    finally:
+        done.set()
+        t.join(JOIN)
+        assert not t.is_alive()
 
 
 def error_of(call: Callable[[], object]) -> tuple[type[BaseException], str] | None:
@@ -93,22 +115,11 @@ def test_acquire_takes_threading_s_arguments(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["Lock", "RLock"])
 def test_a_timed_acquire_times_out(kind: str) -> None:
     lock = getattr(sync, kind)("x")
-    held, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with lock:
-            held.set()
-            done.wait(JOIN)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    held.wait(JOIN)
-    start = time.monotonic()
-    assert not lock.acquire(timeout=0.05)
-    assert time.monotonic() - start >= 0.04
-    assert not lock.acquire(blocking=False)
-    done.set()
-    t.join(JOIN)
+    with held_by_another_thread(lock):
+        start = time.monotonic()
+        assert not lock.acquire(timeout=0.05)
+        assert time.monotonic() - start >= 0.04
+        assert not lock.acquire(blocking=False)
     assert lock.acquire(timeout=JOIN)
     lock.release()
 
@@ -141,23 +152,12 @@ def test_a_signal_interrupts_a_wait(
     kind: str, timeout: float, alarm: Callable[[float], None]
 ) -> None:
     lock = getattr(sync, kind)("x")
-    held, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with lock:
-            held.set()
-            done.wait(JOIN)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    held.wait(JOIN)
-    start = time.monotonic()
-    alarm(0.1)
-    with pytest.raises(Interrupted):
-        lock.acquire(timeout=timeout)
-    assert time.monotonic() - start < JOIN / 2
-    done.set()
-    t.join(JOIN)
+    with held_by_another_thread(lock):
+        start = time.monotonic()
+        alarm(0.1)
+        with pytest.raises(Interrupted):
+            lock.acquire(timeout=timeout)
+        assert time.monotonic() - start < JOIN / 2
     with lock:  # still works, and free again after
         pass
     assert lock.owner is None

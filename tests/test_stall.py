@@ -275,6 +275,34 @@ def test_report_names_the_sync_lock_a_worker_waits_for() -> None:
     assert "held by stage-" in waits[0]
 
 
+def test_report_names_the_sync_lock_a_worker_process_waits_for() -> None:
+    def stage(item: int) -> int:  # in the worker process: a thread of its own holds it
+        import threading
+
+        from conveyor import sync
+
+        lock, taken = sync.Lock("the-process-lock"), threading.Event()
+
+        def hold() -> None:
+            with lock:
+                taken.set()
+                threading.Event().wait()  # never let go
+
+        threading.Thread(target=hold, name="holder", daemon=True).start()
+        taken.wait()
+        with lock:  # the worker's own thread waits here
+            return item
+
+    run = (
+        cv.Pipeline()
+        .source(range(2))
+        .map(stage, kind="process", name="p")
+        .run(stall_timeout=STALL, grace=GRACE)
+    )
+    w = worker(stalled(run), "p-1")
+    assert "waits for the-process-lock, held by holder (taken at " in w.waiting_for, w.waiting_for
+
+
 # -- channels ------------------------------------------------------------------------
 
 

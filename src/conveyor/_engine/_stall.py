@@ -233,7 +233,7 @@ def _sync_wait(ident: int | None) -> str:
 
 def _waiting_for(run: LocalRun, h: WorkerHandle, labels: dict[int, str]) -> str:
     s = h.slot
-    lock = _sync_wait(h.thread_ident())
+    lock = _sync_wait(h.thread_ident()) or h.sync_waits()
     if lock:
         return lock
     state = s.effective_state

@@ -156,6 +156,11 @@ class WorkerHandle(ABC):
         (None for a worker process), for ``conveyor.sync.blocked_on``."""
         return None
 
+    def sync_waits(self) -> str:
+        """What the threads of a worker process wait for in ``conveyor.sync`` ("" for
+        a thread worker: the engine asks ``conveyor.sync.blocked_on`` itself)."""
+        return ""
+
     def holding(self) -> tuple[Sequence[Any], int] | None:
         """The batch the worker is processing and the index in it of the current item
         (-1 when not tracked), or None when it holds no batch."""

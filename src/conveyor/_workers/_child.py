@@ -87,11 +87,26 @@ def _dump_stacks_on_signal(fd: int) -> None:
     faulthandler.register(P.STACK_SIGNAL, file=fd, all_threads=True, chain=False)
 
 
+sync_waits_fd: int | None = None  # read by conveyor.sync when the stage imports it
+
+
+def _publish_sync_waits(fd: int) -> None:
+    """Keep ``fd`` holding what this process's threads wait for in conveyor.sync, for
+    the engine's stall report (from the moment the stage's code imports it)."""
+    global sync_waits_fd
+    sync_waits_fd = fd
+    locks = sys.modules.get("conveyor.sync._locks")
+    if locks is not None:
+        locks.publish_waits_to(fd)
+
+
 def main(fds: list[int], parent: int) -> int:
     _die_with_parent(parent)
     data_fd, ctrl_fd, *more = fds
     if more:
         _dump_stacks_on_signal(more[0])
+    if len(more) > 1:
+        _publish_sync_waits(more[1])
     conn = Wire.from_fd(data_fd)
     ctrl = mmap.mmap(ctrl_fd, CTRL_SIZE)
     os.close(ctrl_fd)

@@ -107,6 +107,8 @@ class ProcessWorker(ThreadHandle):
         self._stack_fd: int | None = None
         self._stack_lock = threading.Lock()
         self._stack_asked = False
+        # where it keeps what its threads wait for in conveyor.sync (sync/_locks.py)
+        self._waits_fd: int | None = None
 
     # -- the collector: the worker's main thread in the engine ------------------
 
@@ -142,9 +144,14 @@ class ProcessWorker(ThreadHandle):
         with self._stack_lock:
             if self._stack_fd is None:
                 self._stack_fd = os.memfd_create("conveyor-stack", os.MFD_CLOEXEC)
-            stack_fd = self._stack_fd
+                self._waits_fd = os.memfd_create("conveyor-waits", os.MFD_CLOEXEC)
+            stack_fd, waits_fd = self._stack_fd, self._waits_fd
+            assert waits_fd is not None
+            os.ftruncate(waits_fd, 0)  # a new process: its predecessor's waits are gone
         try:
-            req = self.zygote.request_spawn([theirs.fileno(), self.kind.ctrl_fd(), stack_fd])
+            req = self.zygote.request_spawn(
+                [theirs.fileno(), self.kind.ctrl_fd(), stack_fd, waits_fd]
+            )
         finally:
             theirs.close()
         spec = feed.spec
@@ -564,9 +571,10 @@ class ProcessWorker(ThreadHandle):
         if self.conn is not None:
             self.conn.close()
         with self._stack_lock:
-            if self._stack_fd is not None:
-                os.close(self._stack_fd)
-                self._stack_fd = None
+            for fd in (self._stack_fd, self._waits_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._stack_fd = self._waits_fd = None
         if self._feeder is not None:
             self._feeder.join(STOP_GRACE)
 
@@ -587,6 +595,15 @@ class ProcessWorker(ThreadHandle):
             return None
         index, started = self.kind.read_progress(self.ctrl_slot)  # only with a timeout
         return batch.items, (index if started else -1)
+
+    def sync_waits(self) -> str:
+        """What the worker process's threads wait for in ``conveyor.sync``, as it
+        last wrote it (nothing if it does not use conveyor.sync)."""
+        with self._stack_lock:
+            fd = self._waits_fd
+            if fd is None:
+                return ""
+            return os.pread(fd, 1 << 16, 0).decode("utf-8", "replace")
 
     def ask_stack(self) -> None:
         """Have the worker process dump its threads' stacks into the stack file (see

@@ -167,6 +167,8 @@ class _Tracked:
         with _graph:
             _waiting[me] = self
             message = self._check(me)
+        if _waits_fd:
+            _publish_waits()
         try:
             while message is None:
                 got = self._acquire_raw(RECHECK_S)
@@ -181,6 +183,8 @@ class _Tracked:
         finally:
             with _graph:
                 _waiting.pop(me, None)
+            if _waits_fd:
+                _publish_waits()
         raise message
 
     def _check(self, me: int) -> DeadlockError | None:
@@ -513,10 +517,50 @@ class _Waits:
         self.me = threading.get_ident()
         with _graph:
             _other[self.me] = self.what
+        if _waits_fd:
+            _publish_waits()
 
     def __exit__(self, *exc: object) -> None:
         with _graph:
             _other.pop(self.me, None)
+        if _waits_fd:
+            _publish_waits()
+
+
+# -- in a worker process: what its threads wait for, where the engine can read it ----
+
+_waits_fd: list[int] = []  # the file, in a worker process of a pipeline (see _child)
+_publishing = threading.Lock()
+
+
+def publish_waits_to(fd: int) -> None:
+    """In a worker process: keep ``fd`` (a file the engine reads for its stall
+    report) holding what each thread waits for, rewritten whenever a wait begins or
+    ends (the waits are slow paths: two system calls each)."""
+    _waits_fd[:] = [fd]
+    _publish_waits()
+
+
+def waits_text() -> str:
+    """One line per thread that waits on something of ``conveyor.sync``."""
+    with _graph:
+        threads = sorted({*_waiting, *_other})
+    lines = []
+    for ident in threads:
+        what = blocked_on(ident)
+        if what:
+            lines.append(f"thread {_thread_name(ident)} waits for {what}")
+    return "\n".join(lines)
+
+
+def _publish_waits() -> None:
+    data = waits_text().encode("utf-8", "replace")
+    with _publishing:
+        try:
+            os.pwrite(_waits_fd[0], data, 0)
+            os.ftruncate(_waits_fd[0], len(data))
+        except (OSError, IndexError):
+            pass
 
 
 class Condition(threading.Condition):
@@ -591,3 +635,14 @@ class Event(threading.Event):
             _order.waits(self, "event", timeout)
         with _Waits(f"{self.name} (not set)"):
             return super().wait(timeout)
+
+
+def _adopt_worker_file() -> None:
+    """Imported in a worker process whose engine reads its waits: publish them."""
+    child = sys.modules.get("conveyor._workers._child")
+    fd = getattr(child, "sync_waits_fd", None)
+    if isinstance(fd, int):
+        publish_waits_to(fd)
+
+
+_adopt_worker_file()

@@ -5,6 +5,8 @@ process alone shows an inversion, the merged graph does."""
 
 from __future__ import annotations
 
+import os
+
 import conveyor as cv
 from conveyor import sync
 from conveyor.sync import _order
@@ -22,6 +24,12 @@ def a_then_b(x: int) -> int:
 def b_then_a(x: int) -> int:
     with LOCK_B, LOCK_A:
         return x
+
+
+def a_then_b_then_crash(x: int) -> int:
+    with LOCK_A, LOCK_B:
+        pass
+    os._exit(3)  # dies: its lock orders must reach the parent all the same
 
 
 def pipeline() -> cv.Pipeline:
@@ -47,3 +55,18 @@ def test_workers_do_not_check_when_the_parent_does_not() -> None:
     _order._reset()
     assert list(pipeline()) == [0, 1, 2, 3]
     assert not _order._edges  # no worker sent any
+
+
+def test_the_lock_orders_of_a_worker_that_crashed_still_count() -> None:
+    with sync.checking_order() as report:
+        crashed = (
+            cv.Pipeline()
+            .source(range(2))
+            .map(a_then_b_then_crash, kind="process", workers=1, on_error="skip")
+            .run()
+        )
+        crashed.wait()
+        assert len(crashed.failures) == 2
+        assert report.problems == []  # one order only, so far
+        assert list(cv.Pipeline().source(range(3)).map(b_then_a, kind="process")) == [0, 1, 2]
+    assert [p.kind for p in report.problems] == ["inversion"]

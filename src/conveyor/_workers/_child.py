@@ -88,6 +88,7 @@ def _dump_stacks_on_signal(fd: int) -> None:
 
 
 sync_waits_fd: int | None = None  # read by conveyor.sync when the stage imports it
+orders_fd: int | None = None  # where this worker keeps its lock orders (if checked)
 
 
 def _publish_sync_waits(fd: int) -> None:
@@ -107,6 +108,9 @@ def main(fds: list[int], parent: int) -> int:
         _dump_stacks_on_signal(more[0])
     if len(more) > 1:
         _publish_sync_waits(more[1])
+    if len(more) > 2:
+        global orders_fd
+        orders_fd = more[2]
     conn = Wire.from_fd(data_fd)
     ctrl = mmap.mmap(ctrl_fd, CTRL_SIZE)
     os.close(ctrl_fd)
@@ -177,10 +181,10 @@ class Worker:
         info = WorkerInfo(init["name"], init["stage"], init["index"], "process")
         set_current_worker(info, whole_process=True)
         lock_order = init.get("lock_order")
-        if lock_order is not None:  # the parent checks lock order: so does this worker
-            from ..sync import _order
+        if lock_order is not None and orders_fd is not None:
+            from ..sync import _order  # the parent checks lock order: so does this worker
 
-            _order.start_in_worker(lock_order)
+            _order.start_in_worker(lock_order, orders_fd)
         policy: ItemPolicy = init["policy"]
         progress = ShmProgress(self.ctrl, init["slot"]) if policy.track else None
         try:
@@ -200,7 +204,7 @@ class Worker:
         except BaseException as exc:
             self.fail(P.NO_SEQ, 0, exc, "teardown")
             return 0
-        self.send(P.TAG.pack(P.BYE), _lock_orders() if lock_order is not None else b"")
+        self.send(P.TAG.pack(P.BYE))
         return 0
 
     def fail(self, seq: int, index: int, error: BaseException, phase: str) -> None:
@@ -287,10 +291,3 @@ class Worker:
             if tag == P.STOP:
                 raise _StopNow
             self.inbox.append(msg)
-
-
-def _lock_orders() -> bytes:
-    """This worker's lock orders, for the parent to check with everyone else's."""
-    from ..sync import _order
-
-    return dumps_items(_order.export_edges())

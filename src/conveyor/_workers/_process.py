@@ -107,8 +107,10 @@ class ProcessWorker(ThreadHandle):
         self._stack_fd: int | None = None
         self._stack_lock = threading.Lock()
         self._stack_asked = False
-        # where it keeps what its threads wait for in conveyor.sync (sync/_locks.py)
+        # where it keeps what its threads wait for in conveyor.sync (sync/_locks.py),
+        # and its lock orders when they are checked (sync/_order.py)
         self._waits_fd: int | None = None
+        self._orders_fd: int | None = None
 
     # -- the collector: the worker's main thread in the engine ------------------
 
@@ -145,12 +147,15 @@ class ProcessWorker(ThreadHandle):
             if self._stack_fd is None:
                 self._stack_fd = os.memfd_create("conveyor-stack", os.MFD_CLOEXEC)
                 self._waits_fd = os.memfd_create("conveyor-waits", os.MFD_CLOEXEC)
-            stack_fd, waits_fd = self._stack_fd, self._waits_fd
+                self._orders_fd = os.memfd_create("conveyor-orders", os.MFD_CLOEXEC)
+            stack_fd, waits_fd, orders_fd = self._stack_fd, self._waits_fd, self._orders_fd
             assert waits_fd is not None
+            assert orders_fd is not None
             os.ftruncate(waits_fd, 0)  # a new process: its predecessor's waits are gone
+            _merge_lock_orders(orders_fd)  # ... and its lock orders are the parent's
         try:
             req = self.zygote.request_spawn(
-                [theirs.fileno(), self.kind.ctrl_fd(), stack_fd, waits_fd]
+                [theirs.fileno(), self.kind.ctrl_fd(), stack_fd, waits_fd, orders_fd]
             )
         finally:
             theirs.close()
@@ -550,8 +555,6 @@ class ProcessWorker(ThreadHandle):
                 while True:  # drain until it says goodbye or dies
                     msg = self._recv()
                     if msg[0] == P.BYE:
-                        if len(msg) > P.TAG.size:  # the worker's lock orders
-                            _merge_lock_orders(loads(memoryview(msg)[P.TAG.size :]))
                         break
                     if msg[0] == P.FAILED and not self.feed.stop[0]:
                         _, _, report = self._parse_failed(msg)
@@ -571,10 +574,12 @@ class ProcessWorker(ThreadHandle):
         if self.conn is not None:
             self.conn.close()
         with self._stack_lock:
-            for fd in (self._stack_fd, self._waits_fd):
+            if self._orders_fd is not None:  # the lock orders of the last process
+                _merge_lock_orders(self._orders_fd)
+            for fd in (self._stack_fd, self._waits_fd, self._orders_fd):
                 if fd is not None:
                     os.close(fd)
-            self._stack_fd = self._waits_fd = None
+            self._stack_fd = self._waits_fd = self._orders_fd = None
         if self._feeder is not None:
             self._feeder.join(STOP_GRACE)
 
@@ -720,9 +725,10 @@ def _lock_order_settings() -> object:
     return None if order is None else order.settings_for_workers()
 
 
-def _merge_lock_orders(edges: Any) -> None:
-    """A worker's lock orders, into this process's graph (which reports what the
-    merged graph shows)."""
-    from ..sync import _order
-
-    _order.merge_edges(edges)
+def _merge_lock_orders(fd: int) -> None:
+    """The lock orders a worker process left in ``fd`` (it writes them as it finds
+    them, so they outlive a crash), into this process's graph, which reports what
+    the merged graph shows."""
+    order = sys.modules.get("conveyor.sync._order")
+    if order is not None and order.on:
+        order.merge_file(fd)

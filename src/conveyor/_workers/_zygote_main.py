@@ -26,7 +26,7 @@ __all__ = ["EXITED", "KILL", "MSG", "SPAWN", "SPAWNED", "serve"]
 
 SPAWN, KILL, SPAWNED, EXITED = 1, 2, 3, 4
 MSG = struct.Struct("<BQqq")  # tag, request id, pid, exit code
-MAX_FDS = 4
+MAX_FDS = 5
 
 
 def _recv_fds(sock: _socket.socket) -> tuple[bytes, list[int]]:

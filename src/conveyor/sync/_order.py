@@ -35,6 +35,7 @@ import contextlib
 import fnmatch
 import linecache
 import os
+import pickle
 import re
 import sys
 import threading
@@ -317,6 +318,8 @@ def _edges_to(
                 _succ.setdefault(a, set()).add(b)
             else:
                 edge.gate &= gate
+            if _edges_fd:
+                _publish()
             found = _cycle(a, b, edge.gate)
         if found is not None:
             return found
@@ -404,28 +407,55 @@ def _is_ignored(first: _Named, first_at: Site, then: _Named) -> bool:
 # -- across processes ---------------------------------------------------------------
 
 
-def export_edges() -> list[tuple[Node, Node, tuple[object, ...], str, str, str, str, str]]:
+Exported = tuple[Node, Node, tuple[object, ...], str, str, str, str, str]
+
+
+def export_edges() -> list[Exported]:
     """This process's edges, plain and picklable, for :func:`merge_edges` in another."""
-    pid = os.getpid()
     with _mu:
-        return [
-            (
-                _tag(a, pid),
-                _tag(b, pid),
-                tuple((pid, g) for g in e.gate),
-                e.first,
-                e.then,
-                f"{e.thread} of process {pid}",
-                e.first_at,
-                e.then_at,
-            )
-            for (a, b), e in _edges.items()
-        ]
+        return _export()
 
 
-def merge_edges(
-    edges: Iterable[tuple[Node, Node, tuple[object, ...], str, str, str, str, str]],
-) -> list[OrderProblem]:
+def _export() -> list[Exported]:
+    pid = os.getpid()
+    return [
+        (
+            _tag(a, pid),
+            _tag(b, pid),
+            tuple((pid, g) for g in e.gate),
+            e.first,
+            e.then,
+            f"{e.thread} of process {pid}",
+            e.first_at,
+            e.then_at,
+        )
+        for (a, b), e in _edges.items()
+    ]
+
+
+_edges_fd: list[int] = []  # in a worker process: the file its parent reads them from
+
+
+def publish_edges_to(fd: int) -> None:
+    """In a worker process: keep ``fd`` holding this process's edges, rewritten
+    whenever one is added or its gate shrinks (rare: the same orders repeat), so that
+    the parent has them even if this process dies."""
+    _edges_fd[:] = [fd]
+    with _mu:
+        _publish()
+
+
+def _publish() -> None:
+    """(graph lock held)"""
+    data = pickle.dumps(_export(), protocol=5)
+    try:
+        os.pwrite(_edges_fd[0], data, 0)
+        os.ftruncate(_edges_fd[0], len(data))
+    except OSError:
+        pass
+
+
+def merge_edges(edges: Iterable[Exported]) -> list[OrderProblem]:
     """Add another process's edges (from :func:`export_edges`) to this one's graph;
     the inversions the merged graph shows are reported as usual and returned."""
     problems: list[OrderProblem] = []
@@ -454,11 +484,22 @@ def settings_for_workers() -> tuple[tuple[str, ...]] | None:
     return (_settings.ignore,) if on else None
 
 
-def start_in_worker(settings: tuple[tuple[str, ...]] | None) -> None:
-    """In a worker process: check lock order if its parent does; problems are only
-    recorded here, the parent reports them from the merged graph."""
+def start_in_worker(settings: tuple[tuple[str, ...]] | None, fd: int) -> None:
+    """In a worker process: check lock order if its parent does, and keep the edges
+    in ``fd`` for it; problems are only recorded here, the parent reports them from
+    the merged graph."""
     if settings is not None:
         check_order(True, on_problem="record", ignore=settings[0])
+        publish_edges_to(fd)
+
+
+def merge_file(fd: int) -> None:
+    """In the parent: merge the edges a worker process left in ``fd`` (see
+    :func:`publish_edges_to`), then empty it."""
+    data = os.pread(fd, os.fstat(fd).st_size, 0)
+    if data:
+        os.ftruncate(fd, 0)
+        merge_edges(pickle.loads(data))
 
 
 def _tag(node: Node, pid: int) -> Node:

@@ -484,14 +484,17 @@ class Pipeline(Generic[T]):
         only busy worker counts as a stall: give long items a larger one.
         """
         from ._engine._local import LocalRun
-        from ._engine._stall import check_stall_options
         from ._run import Run
 
         if not self._stages and self._source is None:
             raise ValueError("an empty pipeline: add a source, then stages")
         if not isinstance(grace, (int, float)) or grace < 0:
             raise ValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
-        stall = check_stall_options(stall_timeout, on_stall)
+        stall = None
+        if stall_timeout is not None or on_stall != "raise":  # the watchdog's module
+            from ._engine._stall import check_stall_options  # only when it is asked for
+
+            stall = check_stall_options(stall_timeout, on_stall)
         stages = self._stages
         if not stages:  # a bare source: pass its items through
             stages = (StageSpec("items", "map", _identity, 1, "thread", None, True),)

@@ -74,7 +74,6 @@ from ._apply import (
 )
 from ._base import StageFeed, Stopping, WorkerHandle, WorkerKind, WorkerSlot
 from ._context import WorkerInfo, set_current_worker
-from ._stacks import coroutine_frames, format_frames, thread_frames, trim
 from ._thread import ThreadKind
 
 if TYPE_CHECKING:
@@ -566,6 +565,8 @@ class AsyncioWorker(WorkerHandle):
     def stack(self, deadline: float) -> str:
         """Where the worker's task waits (its chain of awaits); while its coroutine runs,
         the loop thread's stack (code that blocks the loop)."""
+        from ._stacks import coroutine_frames, format_frames, thread_frames, trim
+
         task = self.task
         coro: Any = task.get_coro() if task is not None else None
         if coro is not None and not getattr(coro, "cr_running", False):

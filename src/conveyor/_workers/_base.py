@@ -17,7 +17,6 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ._apply import Abort
-from ._stacks import format_frames, thread_frames, trim
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -192,6 +191,8 @@ class ThreadHandle(WorkerHandle):
         return self.thread.ident
 
     def stack(self, deadline: float) -> str:
+        from ._stacks import format_frames, thread_frames, trim  # only for a stall report
+
         return format_frames(trim(thread_frames(self.thread.ident)))
 
 

@@ -44,7 +44,6 @@ from . import _protocol as P
 from ._apply import describe_exception
 from ._base import StageFeed, Stopping, ThreadHandle, WorkerHandle, WorkerKind, WorkerSlot
 from ._serialize import dumps_items, first_unpicklable, loads
-from ._stacks import by_value_code, format_frames, parse_faulthandler, trim
 from ._wire import Wire
 from ._zygote import Zygote, ZygoteGone
 
@@ -641,6 +640,8 @@ class ProcessWorker(ThreadHandle):
                 last = size
                 time.sleep(STACK_POLL_S)
             text = os.pread(fd, size, 0).decode("utf-8", "replace")
+        from ._stacks import by_value_code, format_frames, parse_faulthandler, trim
+
         threads = parse_faulthandler(text, by_value_code(self.feed.spec.target))
         if not threads:
             return f"  (no stack: worker process {self.pid} did not answer)\n"

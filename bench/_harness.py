@@ -1,4 +1,5 @@
-"""What the benchmark drivers share: a child's result, and the runs of one case."""
+"""What the benchmark drivers share: a child's result, the runs of one case, the
+machine's load, and which checkout of conveyor was measured."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ __all__ = [
     "Runs",
     "background_share",
     "child_result",
+    "conveyor_revision",
     "machine_busy_seconds",
     "tree_cpu_seconds",
 ]
@@ -107,3 +109,22 @@ def tree_cpu_seconds(root: int) -> float:
         total += cpu.get(pid, 0.0)
         todo.extend(children.get(pid, ()))
     return total
+
+
+def conveyor_revision() -> str:
+    """ " (git 1a2b3c4)" for the checkout conveyor is imported from, "+dirty" if its
+    sources have uncommitted changes; "" when it is not a git checkout."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("conveyor")
+    if spec is None or spec.origin is None:
+        return ""
+    src = os.path.dirname(spec.origin)
+    try:
+        git = ["git", "-C", src]
+        rev = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True)
+    except OSError:
+        return ""
+    sha = rev.stdout.strip()
+    return f" (git {sha}{'+dirty' if dirty.stdout.strip() else ''})" if sha else ""

@@ -61,7 +61,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from _harness import Runs, child_result, machine_busy_seconds, tree_cpu_seconds
+from _harness import (
+    Runs,
+    child_result,
+    conveyor_revision,
+    machine_busy_seconds,
+    tree_cpu_seconds,
+)
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 BURN_ITERS = int(os.environ.get("BENCH_BURN_ITERS") or 0)  # ~1 ms of CPU; set by the driver
@@ -444,25 +450,6 @@ def decision_lines(auto: Row) -> list[str]:
         lines.append(f"    {stage}: {chosen}")
         lines += [f"      {i}. {why}" for i, (_, why) in enumerate(seen, 1)]
     return lines
-
-
-def conveyor_revision() -> str:
-    """ " (git 1a2b3c4)" for the checkout conveyor is imported from, "+dirty" if its
-    sources have uncommitted changes; "" when it is not a git checkout."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("conveyor")
-    if spec is None or spec.origin is None:
-        return ""
-    src = os.path.dirname(spec.origin)
-    try:
-        git = ["git", "-C", src]
-        rev = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True)
-    except OSError:
-        return ""
-    sha = rev.stdout.strip()
-    return f" (git {sha}{'+dirty' if dirty.stdout.strip() else ''})" if sha else ""
 
 
 def main() -> None:

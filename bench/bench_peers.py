@@ -66,6 +66,7 @@ from _harness import (
     Runs,
     background_share,
     child_result,
+    conveyor_revision,
     machine_busy_seconds,
     tree_cpu_seconds,
 )
@@ -779,25 +780,6 @@ def versions() -> dict[str, str]:
             found[dist] = "not installed"
     found["conveyor"] += conveyor_revision()
     return found
-
-
-def conveyor_revision() -> str:
-    """ " (git 1a2b3c4)" for the checkout conveyor is imported from, "+dirty" if its
-    sources have uncommitted changes; "" when it is not a git checkout."""
-    spec = importlib.util.find_spec("conveyor")
-    if spec is None or spec.origin is None:
-        return ""
-    src = os.path.dirname(spec.origin)
-    try:
-        rev = subprocess.run(
-            ["git", "-C", src, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", src, "status", "--porcelain", "--", "."], capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return ""
-    return f" (git {rev}{'+dirty' if dirty else ''})" if rev else ""
 
 
 def selects(word: str, case: Case) -> bool:

@@ -432,7 +432,7 @@ class LocalRun:
                     thread_id=s.thread_id,
                     alive=s.alive,
                     state=s.effective_state,
-                    state_seconds=max(0.0, now - s.state_since) if s.state_since else 0.0,
+                    state_seconds=s.seconds_in_state(now),
                     items_done=s.items_done,
                     abandoned=s.abandoned,
                     decision=decisions.get(s.stage, ""),

@@ -288,7 +288,7 @@ def build_report(
                 pid=s.pid,
                 thread_id=s.thread_id,
                 state=s.effective_state,
-                state_seconds=max(0.0, now - s.state_since) if s.state_since else 0.0,
+                state_seconds=s.seconds_in_state(now),
                 item=_item(h.holding()),
                 waiting_for=_waiting_for(run, h, labels),
                 stack=stack,

@@ -75,6 +75,10 @@ class WorkerSlot:
             return "blocked"  # nothing in flight because the reorder window is full
         return self.state
 
+    def seconds_in_state(self, now: float) -> float:
+        """How long it has been in its state at ``now`` (``time.monotonic()``)."""
+        return max(0.0, now - self.state_since) if self.state_since else 0.0
+
     def set_state(self, state: str) -> None:
         if state != self.state:
             self.state = state

@@ -47,7 +47,7 @@ from .._errors import DeadlockError
 from . import _order
 
 if TYPE_CHECKING:
-    from types import FrameType, TracebackType
+    from types import TracebackType
 
 __all__ = [
     "NATIVE",
@@ -88,7 +88,6 @@ _other: dict[int, str] = {}  # thread ident -> the semaphore, event or condition
 _doomed: dict[int, DeadlockError] = {}  # thread ident -> the error of the cycle it is in
 _policy: list[str] = ["one"]
 _serials = itertools.count(1)
-_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def deadlock_policy(policy: Literal["one", "all"] | None = None) -> str:
@@ -104,11 +103,8 @@ def deadlock_policy(policy: Literal["one", "all"] | None = None) -> str:
 
 
 def created_at() -> str:
-    """``file:line`` of the first caller outside this package: where a lock is made."""
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None and os.path.dirname(frame.f_code.co_filename) == _HERE:
-        frame = frame.f_back
-    return "?" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
+    """``file:line`` of the user's code that makes a lock."""
+    return _order.site_text(_order.caller_site())
 
 
 def _thread_name(ident: int) -> str:
@@ -258,11 +254,9 @@ _NEGATIVE_TIMEOUT = (
 def _retaken(lock: _Tracked) -> None:
     """After ``Condition.wait()`` took the lock back: taken where the caller waited,
     not inside ``threading``."""
-    frame: FrameType | None = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename in (__file__, threading.__file__):
-        frame = frame.f_back
-    if frame is not None:
-        lock._taken = (frame.f_code.co_filename, frame.f_lineno)
+    site = _order.caller_site()
+    if site is not None:
+        lock._taken = site
 
 
 def blocked_on(thread: int) -> str | None:

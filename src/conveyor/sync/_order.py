@@ -230,7 +230,7 @@ def acquiring(lock: _Named, me: int) -> None:
     locks in is known now, and must be recorded even if the wait never ends."""
     held = _held.get(me)
     if held:
-        problem = _edges_to(held, lock, _here())
+        problem = _edges_to(held, lock, caller_site())
         if problem is not None:
             _found(problem, None)
 
@@ -257,10 +257,10 @@ def waits(what: object, kind: str, timeout: float | None) -> None:
         return
     name = getattr(what, "name", repr(what))
     key = frozenset([("wait", getattr(what, "key", name)), *(h.key for h, _ in held)])
-    locks = ", ".join(f"{display(h)} (taken at {_site(at)})" for h, at in held)
+    locks = ", ".join(f"{display(h)} (taken at {site_text(at)})" for h, at in held)
     message = (
         f"{kind} wait while holding a lock: thread {threading.current_thread().name} waits "
-        f"on {name} at {_caller()} while holding {locks}; a thread that needs "
+        f"on {name} at {site_text(caller_site())} while holding {locks}; a thread that needs "
         f"{'it' if len(held) == 1 else 'one of them'} before it wakes this one would wait "
         f"for ever. Let go of the lock before waiting, or wait with a timeout."
     )
@@ -311,8 +311,8 @@ def _edges_to(
                     display(h),
                     display(lock),
                     threading.current_thread().name,
-                    _site(h_at),
-                    _site(taken_at),
+                    site_text(h_at),
+                    site_text(taken_at),
                 )
                 _edges[(a, b)] = edge
                 _succ.setdefault(a, set()).add(b)
@@ -382,7 +382,7 @@ def _found(
         _report.problems.append(problem)
         policy = _settings.on_problem
     if policy == "warn" or (policy == "raise" and merged):
-        warnings.warn(LockOrderWarning(problem.message), stacklevel=_outside_depth())
+        warnings.warn(LockOrderWarning(problem.message), stacklevel=_outside()[1])
     elif policy == "raise":
         if lock is not None:
             lock.release()  # not in the stack yet: the caller appends after
@@ -398,8 +398,8 @@ def _is_ignored(first: _Named, first_at: Site, then: _Named) -> bool:
         then.name,
         first._created,
         then._created,
-        _site(first_at),
-        _site(then._taken),
+        site_text(first_at),
+        site_text(then._taken),
     )
     return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
 
@@ -510,7 +510,8 @@ def _tag(node: Node, pid: int) -> Node:
 # -- naming -------------------------------------------------------------------------
 
 
-def _site(site: Site) -> str:
+def site_text(site: Site) -> str:
+    """``file:line``, or "?"."""
     return "?" if site is None else f"{site[0]}:{site[1]}"
 
 
@@ -531,8 +532,10 @@ def _short(display: str) -> str:
     return display.split(" (made at ", 1)[0]
 
 
-def _outside_depth() -> int:
-    """``stacklevel`` of the first frame outside this package and ``threading``."""
+def _outside() -> tuple[FrameType | None, int]:
+    """The innermost frame of the calling stack outside this package and
+    ``threading``, and how far up it is (1: the caller of this function; a
+    ``stacklevel`` for ``warnings.warn`` when called from the function that warns)."""
     frame: FrameType | None = sys._getframe(1)
     depth = 1
     while frame is not None and (
@@ -541,7 +544,13 @@ def _outside_depth() -> int:
     ):
         frame = frame.f_back
         depth += 1
-    return depth
+    return frame, depth
+
+
+def caller_site() -> Site:
+    """(file, line) of the user's code that called into this package."""
+    frame, _ = _outside()
+    return None if frame is None else (frame.f_code.co_filename, frame.f_lineno)
 
 
 def stack_text(frame: FrameType | None) -> str:
@@ -552,18 +561,3 @@ def stack_text(frame: FrameType | None) -> str:
     summary = traceback.extract_stack(frame)
     kept = [f for f in summary if os.path.dirname(f.filename) != _HERE]
     return "".join(traceback.format_list(kept)).rstrip()
-
-
-def _here() -> Site:
-    """(file, line) of the first caller outside this package and ``threading``."""
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None and (
-        os.path.dirname(frame.f_code.co_filename) == _HERE
-        or frame.f_code.co_filename == threading.__file__
-    ):
-        frame = frame.f_back
-    return None if frame is None else (frame.f_code.co_filename, frame.f_lineno)
-
-
-def _caller() -> str:
-    return _site(_here())

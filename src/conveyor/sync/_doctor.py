@@ -57,18 +57,18 @@ def _library_dirs(libraries: bool) -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     dirs = {paths["stdlib"], paths["platstdlib"], _PACKAGE}
     if not libraries:
-        dirs |= {paths["purelib"], paths["platlib"]}
-    stdlib = paths["stdlib"]
-    if not libraries:
-        dirs.add(os.path.join(stdlib, "site-packages"))
+        site = os.path.join(paths["stdlib"], "site-packages")
+        dirs |= {paths["purelib"], paths["platlib"], site}
     return tuple(os.path.join(os.path.realpath(d), "") for d in dirs)
 
 
-def _patches(libraries: bool) -> dict[str, Callable[..., Any]]:
+def _patches(
+    libraries: bool, originals: dict[str, Callable[..., Any]]
+) -> dict[str, Callable[..., Any]]:
     """Stand-ins for threading's names: the checking kind for the script's code, the
     original for code under ``skipped`` directories."""
     skipped = _library_dirs(libraries)
-    originals = {name: getattr(threading, name) for name in PATCHED}
+    mine: dict[str, bool] = {}  # file name -> the script's code? (realpath is not free)
     checking: dict[str, Callable[..., Any]] = {
         "Lock": lambda *a, **k: _locks.Lock(*a, **k),
         "RLock": lambda *a, **k: _locks.RLock(*a, **k),
@@ -79,11 +79,13 @@ def _patches(libraries: bool) -> dict[str, Callable[..., Any]]:
     }
 
     def script_code() -> bool:
-        frame = sys._getframe(2)  # the caller of the stand-in
-        filename = frame.f_code.co_filename
-        if filename.startswith("<"):  # <stdin>, <string>: the user's
-            return True
-        return not os.path.realpath(filename).startswith(skipped)
+        filename = sys._getframe(2).f_code.co_filename  # the caller of the stand-in
+        found = mine.get(filename)
+        if found is None:
+            inline = filename.startswith("<")  # <stdin>, <string>: the user's
+            found = inline or not os.path.realpath(filename).startswith(skipped)
+            mine[filename] = found
+        return found
 
     def stand_in(name: str) -> Callable[..., Any]:
         original, ours = originals[name], checking[name]
@@ -101,7 +103,7 @@ def _patches(libraries: bool) -> dict[str, Callable[..., Any]]:
 @contextlib.contextmanager
 def _patched(libraries: bool) -> Iterator[None]:
     originals = {name: getattr(threading, name) for name in PATCHED}
-    for name, fn in _patches(libraries).items():
+    for name, fn in _patches(libraries, originals).items():
         setattr(threading, name, fn)
     try:
         yield

@@ -214,21 +214,11 @@ def _threads_report(threads: list[threading.Thread]) -> str:
     parts = []
     for t in threads:
         waits = _locks.blocked_on(t.ident or 0)
-        lock = _locks._waiting.get(t.ident or 0)
-        if lock is not None and lock.owner is not None and not _alive(lock.owner):
-            waits = (
-                f"{lock.name}, held by a thread that ended without letting it go "
-                f"(taken at {lock.taken_at})"
-            )
         stack = _order.stack_text(frames.get(t.ident or 0))
         parts.append(
             f"thread {t.name} waits for {waits or 'something outside conveyor.sync'}\n{stack}"
         )
     return "\n\n".join(parts)
-
-
-def _alive(ident: int) -> bool:
-    return any(t.ident == ident for t in threading.enumerate())
 
 
 def _print(diagnosis: Diagnosis, target: str, out: TextIO) -> None:

@@ -108,10 +108,15 @@ def created_at() -> str:
 
 
 def _thread_name(ident: int) -> str:
+    return _live_thread_name(ident) or f"thread {ident}"
+
+
+def _live_thread_name(ident: int) -> str | None:
+    """The name of the running thread with that ident, or None if it has ended."""
     for t in threading.enumerate():
         if t.ident == ident:
             return t.name
-    return f"thread {ident}"
+    return None
 
 
 class _Tracked:
@@ -261,16 +266,19 @@ def _retaken(lock: _Tracked) -> None:
 
 def blocked_on(thread: int) -> str | None:
     """What the thread with ident ``thread`` waits for, described ("lock a, held by
-    T2 (taken at app.py:20)", "semaphore s (0 of 3 free)"), or None when it waits on
-    nothing of ``conveyor.sync``. For reports of a stalled program."""
+    T2 (taken at app.py:20)", "... held by a thread that ended without letting it go
+    ...", "semaphore s (none of its permits free)"), or None when it waits on nothing
+    of ``conveyor.sync``. For reports of a stalled program."""
     with _graph:
         lock = _waiting.get(thread)
         other = _other.get(thread)
     if lock is None:
         return other
     owner = lock.owner
-    held = "free" if owner is None else f"held by {_thread_name(owner)} (taken at {lock.taken_at})"
-    return f"{lock.name}, {held}"
+    if owner is None:
+        return f"{lock.name}, free"
+    holder = _live_thread_name(owner) or "a thread that ended without letting it go"
+    return f"{lock.name}, held by {holder} (taken at {lock.taken_at})"
 
 
 def _cycle_from(me: int) -> list[tuple[int, _Tracked]] | None:

@@ -558,11 +558,7 @@ def waits_text() -> str:
 def _publish_waits() -> None:
     data = waits_text().encode("utf-8", "replace")
     with _publishing:
-        try:
-            os.pwrite(_waits_fd[0], data, 0)
-            os.ftruncate(_waits_fd[0], len(data))
-        except (OSError, IndexError):
-            pass
+        _order.rewrite(_waits_fd[0], data)
 
 
 class Condition(threading.Condition):

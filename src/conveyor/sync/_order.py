@@ -447,10 +447,15 @@ def publish_edges_to(fd: int) -> None:
 
 def _publish() -> None:
     """(graph lock held)"""
-    data = pickle.dumps(_export(), protocol=5)
+    rewrite(_edges_fd[0], pickle.dumps(_export(), protocol=5))
+
+
+def rewrite(fd: int, data: bytes) -> None:
+    """Make the file ``fd`` hold ``data`` (a worker process's note for its parent);
+    a failure only costs the parent that note."""
     try:
-        os.pwrite(_edges_fd[0], data, 0)
-        os.ftruncate(_edges_fd[0], len(data))
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
     except OSError:
         pass
 
